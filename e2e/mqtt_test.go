@@ -1,0 +1,219 @@
+package e2e
+
+import (
+	"crypto/tls"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/tetherhub/tether/internal/auth"
+	"github.com/tetherhub/tether/internal/certs"
+)
+
+// mqttDevice connects an independent MQTT 3.1.1 client (Eclipse Paho) as a device the way the
+// Azure SDKs do: client id = device id, IoT Hub username, SAS token password, clean session off.
+func (h *hubProcess) mqttDevice(t *testing.T, deviceID, conn string, useTLS bool, onLost func(error)) (paho.Client, error) {
+	t.Helper()
+	cs, err := auth.ParseConnectionString(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, err := auth.Sign("localhost/devices/"+deviceID, "", cs.SharedAccessKey, time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := paho.NewClientOptions().
+		SetClientID(deviceID).
+		SetUsername("localhost/" + deviceID + "/?api-version=2021-04-12").
+		SetPassword(token).
+		SetProtocolVersion(4).
+		SetCleanSession(false).
+		SetAutoReconnect(false).
+		SetConnectRetry(false).
+		SetKeepAlive(60 * time.Second).
+		SetConnectTimeout(10 * time.Second).
+		SetWriteTimeout(10 * time.Second)
+	if onLost != nil {
+		opts.SetConnectionLostHandler(func(_ paho.Client, err error) { onLost(err) })
+	}
+	if useTLS {
+		pool, err := certs.Pool(h.caFile())
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.AddBroker("ssl://" + h.mqttAddr).SetTLSConfig(&tls.Config{RootCAs: pool, ServerName: "localhost"})
+	} else {
+		opts.AddBroker("tcp://" + h.tcpAddr)
+	}
+	c := paho.NewClient(opts)
+	tok := c.Connect()
+	if !tok.WaitTimeout(15 * time.Second) {
+		return nil, fmt.Errorf("connect %s: timeout", deviceID)
+	}
+	if err := tok.Error(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// TestForeignTopicClosesConnection: a device publishing on another device's topic, or on a
+// topic IoT Hub does not have, is disconnected and nothing is stored; twin and method
+// subscriptions are refused with SUBACK 0x80 without a disconnect.
+func TestForeignTopicClosesConnection(t *testing.T) {
+	h := startHub(t)
+	connA := h.createDevice("dev-a")
+	h.createDevice("dev-b")
+
+	for _, topic := range []string{
+		"devices/dev-b/messages/events/",
+		"devices/dev-b/messages/events/%24.mid=spoof",
+		"devices/dev-a/messages/devicebound/",
+		"hello/world",
+	} {
+		t.Run(topic, func(t *testing.T) {
+			lost := make(chan error, 1)
+			c, err := h.mqttDevice(t, "dev-a", connA, true, func(err error) { lost <- err })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Disconnect(0)
+			c.Publish(topic, 1, false, "spoofed")
+			select {
+			case <-lost:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the hub kept the connection after a publish on a foreign topic")
+			}
+		})
+	}
+
+	lost := make(chan error, 1)
+	c, err := h.mqttDevice(t, "dev-a", connA, false, func(err error) { lost <- err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := c.SubscribeMultiple(map[string]byte{
+		"$iothub/twin/res/#":                   0,
+		"$iothub/methods/POST/#":               0,
+		"devices/dev-a/messages/devicebound/#": 1,
+	}, nil)
+	if !sub.WaitTimeout(10*time.Second) || sub.Error() != nil {
+		t.Fatalf("subscribe: %v", sub.Error())
+	}
+	granted := sub.(*paho.SubscribeToken).Result()
+	if granted["$iothub/twin/res/#"] != 0x80 || granted["$iothub/methods/POST/#"] != 0x80 || granted["devices/dev-a/messages/devicebound/#"] != 1 {
+		t.Errorf("granted = %v, want twin and methods 0x80, devicebound 1", granted)
+	}
+	pub := c.Publish("devices/dev-a/messages/events/", 1, false, "legit")
+	if !pub.WaitTimeout(10*time.Second) || pub.Error() != nil {
+		t.Fatalf("publish after refused subscriptions: %v", pub.Error())
+	}
+	select {
+	case err := <-lost:
+		t.Fatalf("connection lost after SUBACK 0x80: %v", err)
+	default:
+	}
+	c.Disconnect(100)
+
+	events := h.events()
+	if len(events) != 1 || events[0].DeviceID != "dev-a" || *events[0].Body != "legit" {
+		t.Fatalf("stored events = %+v, want only dev-a's legit message", events)
+	}
+}
+
+// TestCrashLosesNoAcknowledgedMessage: devices publish QoS 1 under load, the hub is killed with
+// SIGKILL mid-load and restarted, twice; every message that got a PUBACK is readable afterwards.
+func TestCrashLosesNoAcknowledgedMessage(t *testing.T) {
+	h := startHub(t)
+	const devices = 16
+	conns := make([]string, devices)
+	for i := range conns {
+		conns[i] = h.createDevice(fmt.Sprintf("crash-%02d", i))
+	}
+
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	for round := range 2 {
+		var wg sync.WaitGroup
+		stop := make(chan struct{})
+		for i := range devices {
+			id := fmt.Sprintf("crash-%02d", i)
+			c, err := h.mqttDevice(t, id, conns[i], i%2 == 0, nil)
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Disconnect(0)
+				// A window of unacknowledged publishes per device, as real fleets pipeline.
+				type inflight struct {
+					mid string
+					tok paho.Token
+				}
+				var window []inflight
+				for n := 0; ; n++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					mid := fmt.Sprintf("r%d-%s-%d", round, id, n)
+					tok := c.Publish(fmt.Sprintf("devices/%s/messages/events/%%24.mid=%s", id, mid), 1, false, fmt.Sprintf(`{"n":%d}`, n))
+					window = append(window, inflight{mid, tok})
+					if len(window) < 8 {
+						continue
+					}
+					head := window[0]
+					window = window[1:]
+					if !head.tok.WaitTimeout(5*time.Second) || head.tok.Error() != nil {
+						return // the hub is gone
+					}
+					mu.Lock()
+					acked[head.mid] = true
+					mu.Unlock()
+				}
+			}()
+		}
+		time.Sleep(3 * time.Second)
+		h.kill()
+		close(stop)
+		wg.Wait()
+		mu.Lock()
+		t.Logf("round %d: %d messages acknowledged so far", round, len(acked))
+		mu.Unlock()
+		h.start()
+	}
+
+	if len(acked) < 100 {
+		t.Fatalf("only %d messages were acknowledged: the load did not run", len(acked))
+	}
+	seen := map[string]int{}
+	for _, ev := range h.events() {
+		seen[ev.SystemProperties["message-id"]]++
+	}
+	missing := 0
+	for mid := range acked {
+		if seen[mid] == 0 {
+			missing++
+			if missing <= 10 {
+				t.Errorf("acknowledged message %s is not in the built-in endpoint", mid)
+			}
+		}
+	}
+	if missing > 0 {
+		t.Fatalf("%d of %d acknowledged messages lost", missing, len(acked))
+	}
+	dups := 0
+	for _, n := range seen {
+		if n > 1 {
+			dups++
+		}
+	}
+	if dups > 0 {
+		t.Errorf("%d messages stored twice", dups)
+	}
+	t.Logf("%d acknowledged, %d stored after two SIGKILLs", len(acked), len(seen))
+}

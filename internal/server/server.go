@@ -1,0 +1,284 @@
+// Package server assembles a running hub for `tether serve`: it opens the data directory
+// (hub state, TLS identity, metadata store, telemetry log), starts the device and service
+// listeners, and shuts everything down in the order that loses no acknowledged message.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/tetherhub/tether/internal/auth"
+	"github.com/tetherhub/tether/internal/certs"
+	"github.com/tetherhub/tether/internal/hub"
+	"github.com/tetherhub/tether/internal/mqtt"
+	"github.com/tetherhub/tether/internal/registry"
+	"github.com/tetherhub/tether/internal/service"
+	"github.com/tetherhub/tether/internal/telemetry"
+)
+
+// Layout of the data directory.
+const (
+	metadataFile = "metadata.db"
+	telemetryDir = "telemetry"
+	tlsDir       = "tls"
+	// RunFile records where a running hub listens, so the CLI on the same machine finds it.
+	RunFile = "run.json"
+)
+
+// Config is everything `tether serve` can be told.
+type Config struct {
+	DataDir        string
+	HubName        string
+	Partitions     int           // used when the hub is created
+	Retention      time.Duration // telemetry retention by age
+	RetentionBytes int64         // optional cap per partition, 0 = none
+	SegmentBytes   int64
+	MQTTAddr       string   // MQTT over TLS
+	MQTTTCPAddr    string   // plain MQTT, empty = off
+	HTTPSAddr      string   // service API (and later HTTPS devices and WebSocket)
+	HostNames      []string // names in the certificate and connection strings; the first is the primary
+	TLSCertFile    string   // operator certificate; empty = generated private CA
+	TLSKeyFile     string
+	ShutdownGrace  time.Duration
+	Logger         *slog.Logger
+}
+
+// Run describes a started hub; it is also the content of the run file.
+type Run struct {
+	PID       int    `json:"pid"`
+	HostName  string `json:"hostName"`
+	MQTTAddr  string `json:"mqttAddr"`
+	MQTTTCP   string `json:"mqttTcpAddr,omitempty"`
+	HTTPSAddr string `json:"httpsAddr"`
+	CAFile    string `json:"caFile,omitempty"`
+}
+
+// Started is passed to the ready callback once the hub accepts connections.
+type Started struct {
+	Run
+	State          *hub.State
+	CreatedNow     bool
+	OwnerConString string
+}
+
+// Serve runs a hub until ctx is done, then shuts it down gracefully.
+func Serve(ctx context.Context, cfg Config, ready func(Started)) (err error) {
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if len(cfg.HostNames) == 0 {
+		cfg.HostNames = []string{"localhost"}
+	}
+	if cfg.ShutdownGrace == 0 {
+		cfg.ShutdownGrace = 10 * time.Second
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	state, created, err := hub.LoadOrCreateState(cfg.DataDir, cfg.HubName, cfg.Partitions, time.Now())
+	if err != nil {
+		return err
+	}
+
+	tlsCert, caFile, err := serverCertificate(cfg)
+	if err != nil {
+		return err
+	}
+	tlsConfig := &tls.Config{Certificates: []tls.Certificate{tlsCert}, MinVersion: tls.VersionTLS12}
+
+	db, err := bbolt.Open(filepath.Join(cfg.DataDir, metadataFile), 0o600, &bbolt.Options{Timeout: time.Second})
+	if err != nil {
+		if errors.Is(err, bbolt.ErrTimeout) {
+			return fmt.Errorf("open metadata store: another tether process uses %s", cfg.DataDir)
+		}
+		return fmt.Errorf("open metadata store: %w", err)
+	}
+	defer func() {
+		if cerr := db.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("close metadata store: %w", cerr)
+		}
+	}()
+	reg, err := registry.Open(db)
+	if err != nil {
+		return err
+	}
+
+	tlog, err := telemetry.Open(telemetry.Options{
+		Dir:          filepath.Join(cfg.DataDir, telemetryDir),
+		Partitions:   state.Partitions,
+		SegmentBytes: cfg.SegmentBytes,
+		Retention:    cfg.Retention,
+		MaxBytes:     cfg.RetentionBytes,
+		Logger:       logger.With("component", "telemetry"),
+	})
+	if err != nil {
+		return fmt.Errorf("open telemetry log: %w", err)
+	}
+	// The log closes after the listeners: everything acknowledged is durable before exit.
+	defer func() {
+		if cerr := tlog.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("close telemetry log: %w", cerr)
+		}
+	}()
+
+	authn := &auth.Authenticator{Identities: reg, Policies: state}
+	h := hub.New(hub.Config{Auth: authn, Activity: reg, Log: tlog, Logger: logger.With("component", "hub")})
+
+	mqttServer := mqtt.NewServer(mqttAdapter{hub: h}, mqtt.Options{Logger: logger.With("component", "mqtt")})
+	svc := service.New(service.Config{Auth: authn, Registry: reg, Log: tlog, Logger: logger.With("component", "service")})
+
+	var listeners []net.Listener
+	closeAll := func() {
+		for _, ln := range listeners {
+			ln.Close()
+		}
+	}
+	listen := func(addr string, tlsCfg *tls.Config) (net.Listener, error) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("listen on %s: %w", addr, err)
+		}
+		listeners = append(listeners, ln)
+		if tlsCfg != nil {
+			return tls.NewListener(ln, tlsCfg), nil
+		}
+		return ln, nil
+	}
+	mqttLn, err := listen(cfg.MQTTAddr, tlsConfig)
+	if err != nil {
+		return err
+	}
+	var mqttTCPLn net.Listener
+	if cfg.MQTTTCPAddr != "" {
+		if mqttTCPLn, err = listen(cfg.MQTTTCPAddr, nil); err != nil {
+			return err
+		}
+	}
+	httpsLn, err := listen(cfg.HTTPSAddr, tlsConfig)
+	if err != nil {
+		return err
+	}
+
+	httpServer := &http.Server{
+		Handler:           svc,
+		ReadHeaderTimeout: 30 * time.Second,
+		ErrorLog:          slog.NewLogLogger(logger.With("component", "https").Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+
+	serveCtx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopServing()
+	errc := make(chan error, 3)
+	go func() { errc <- mqttServer.Serve(serveCtx, mqttLn, "mqtt") }()
+	// Activity times are kept in memory and persisted periodically, never per message.
+	go reg.Run(serveCtx, 5*time.Second, func(err error) { logger.Warn("persist device activity", "err", err) })
+	if mqttTCPLn != nil {
+		go func() { errc <- mqttServer.Serve(serveCtx, mqttTCPLn, "mqtt") }()
+	}
+	go func() {
+		if err := httpServer.Serve(httpsLn); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+
+	run := Run{
+		PID:       os.Getpid(),
+		HostName:  cfg.HostNames[0],
+		MQTTAddr:  mqttLn.Addr().String(),
+		HTTPSAddr: httpsLn.Addr().String(),
+		CAFile:    caFile,
+	}
+	if mqttTCPLn != nil {
+		run.MQTTTCP = mqttTCPLn.Addr().String()
+	}
+	if err := writeRunFile(cfg.DataDir, run); err != nil {
+		closeAll()
+		return err
+	}
+	defer os.Remove(filepath.Join(cfg.DataDir, RunFile))
+
+	owner, _ := state.Policy("iothubowner")
+	logger.Info("hub started", "name", state.Name, "mqtt", run.MQTTAddr, "mqtt_tcp", run.MQTTTCP, "https", run.HTTPSAddr, "data_dir", cfg.DataDir, "partitions", state.Partitions)
+	if ready != nil {
+		ready(Started{
+			Run:            run,
+			State:          state,
+			CreatedNow:     created,
+			OwnerConString: auth.ServiceConnectionString(run.HostName, owner.Name, owner.PrimaryKey).String(),
+		})
+	}
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+		logger.Error("listener failed", "err", serveErr)
+	}
+
+	logger.Info("shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+	defer cancel()
+	// MQTT first: in-flight QoS 1 publishes become durable and are acknowledged, then the
+	// connections close; the log is closed last by the deferred Close.
+	if err := mqttServer.Shutdown(shutdownCtx); err != nil {
+		logger.Warn("mqtt shutdown", "err", err)
+	}
+	if err := httpServer.Shutdown(shutdownCtx); err != nil {
+		httpServer.Close()
+	}
+	stopServing()
+	closeAll()
+	if err := reg.Flush(shutdownCtx); err != nil {
+		logger.Warn("persist device activity", "err", err)
+	}
+	return serveErr
+}
+
+func serverCertificate(cfg Config) (tls.Certificate, string, error) {
+	if cfg.TLSCertFile != "" || cfg.TLSKeyFile != "" {
+		if cfg.TLSCertFile == "" || cfg.TLSKeyFile == "" {
+			return tls.Certificate{}, "", errors.New("a TLS certificate needs both --tls-cert and --tls-key")
+		}
+		cert, err := certs.Load(cfg.TLSCertFile, cfg.TLSKeyFile)
+		return cert, "", err
+	}
+	return certs.Ensure(filepath.Join(cfg.DataDir, tlsDir), cfg.HostNames, time.Now())
+}
+
+func writeRunFile(dir string, run Run) error {
+	data, err := json.MarshalIndent(run, "", "  ")
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(dir, RunFile)
+	if err := os.WriteFile(path+".tmp", data, 0o600); err != nil {
+		return fmt.Errorf("write run file: %w", err)
+	}
+	return os.Rename(path+".tmp", path)
+}
+
+// ReadRunFile returns what a running hub wrote about itself into dir.
+func ReadRunFile(dir string) (Run, error) {
+	var run Run
+	data, err := os.ReadFile(filepath.Join(dir, RunFile))
+	if err != nil {
+		return run, err
+	}
+	if err := json.Unmarshal(data, &run); err != nil {
+		return run, fmt.Errorf("parse %s: %w", filepath.Join(dir, RunFile), err)
+	}
+	return run, nil
+}

@@ -1,0 +1,271 @@
+package service
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/tetherhub/tether/api"
+	"github.com/tetherhub/tether/internal/message"
+	"github.com/tetherhub/tether/internal/telemetry"
+)
+
+// Read sizes for the stream: what one partition reader holds in memory at most. A slow client
+// blocks the writer, so the hub's memory per stream stays bounded by these.
+const (
+	readBatchRecords = 256
+	readBatchBytes   = 1 << 20
+)
+
+// heartbeatInterval is how often an idle stream writes an empty line, so proxies keep it open
+// and a vanished client is noticed.
+const heartbeatInterval = 15 * time.Second
+
+func (s *Server) listPartitions(w http.ResponseWriter, r *http.Request) {
+	out := make([]api.PartitionInfo, 0, s.log.Partitions())
+	for p := range s.log.Partitions() {
+		info, err := s.log.Info(p)
+		if err != nil {
+			s.writeError(w, r, http.StatusInternalServerError, "ServerError", err.Error())
+			return
+		}
+		out = append(out, partitionInfo(info))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func partitionInfo(info telemetry.PartitionInfo) api.PartitionInfo {
+	return api.PartitionInfo{
+		Partition:                  info.Partition,
+		BeginningSequenceNumber:    info.First,
+		LastEnqueuedSequenceNumber: info.Last,
+		LastEnqueuedTime:           info.LastEnqueuedTime,
+		IsEmpty:                    info.Empty,
+	}
+}
+
+// streamEvents streams the built-in endpoint as newline-delimited JSON events (api.Event).
+// Query: from=start|end|<sequenceNumber>|<RFC 3339 time> (default end), partition=<n> (default
+// all, or the device's partition with device=), device=<id> (only that device's messages).
+func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	device := q.Get("device")
+	partitions, err := s.selectPartitions(q.Get("partition"), device)
+	if err != nil {
+		s.writeError(w, r, http.StatusBadRequest, "ArgumentInvalid", err.Error())
+		return
+	}
+	starts := make([]int64, len(partitions))
+	for i, p := range partitions {
+		starts[i], err = s.startSequence(p, q.Get("from"))
+		if err != nil {
+			s.writeError(w, r, http.StatusBadRequest, "ArgumentInvalid", err.Error())
+			return
+		}
+	}
+	flusher, _ := w.(http.Flusher)
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	out := &eventWriter{w: bufio.NewWriterSize(w, 32<<10), flusher: flusher}
+	if err := out.flush(); err != nil {
+		return
+	}
+
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(partitions))
+	for i, p := range partitions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- s.tailPartition(ctx, p, starts[i], device, out)
+		}()
+	}
+	heartbeat := time.NewTicker(heartbeatInterval)
+	defer heartbeat.Stop()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	for {
+		select {
+		case <-done:
+			return
+		case err := <-errs:
+			// One partition failing ends the stream: the client reconnects from where it was.
+			if err != nil && ctx.Err() == nil {
+				s.logger.Warn("event stream ended", "err", err)
+				cancel()
+			}
+		case <-heartbeat.C:
+			if err := out.heartbeat(); err != nil {
+				cancel()
+			}
+		}
+	}
+}
+
+// selectPartitions returns the partitions a stream reads.
+func (s *Server) selectPartitions(partition, device string) ([]int, error) {
+	if partition != "" {
+		p, err := strconv.Atoi(partition)
+		if err != nil || p < 0 || p >= s.log.Partitions() {
+			return nil, fmt.Errorf("partition %q does not exist: the hub has partitions 0 to %d", partition, s.log.Partitions()-1)
+		}
+		return []int{p}, nil
+	}
+	if device != "" {
+		return []int{s.log.PartitionFor(device)}, nil
+	}
+	all := make([]int, s.log.Partitions())
+	for i := range all {
+		all[i] = i
+	}
+	return all, nil
+}
+
+// startSequence resolves a from= value for one partition.
+func (s *Server) startSequence(p int, from string) (int64, error) {
+	info, err := s.log.Info(p)
+	if err != nil {
+		return 0, err
+	}
+	switch from {
+	case "", "end":
+		return info.Last + 1, nil
+	case "start":
+		return info.First, nil
+	}
+	if seq, err := strconv.ParseInt(from, 10, 64); err == nil {
+		if seq < info.First {
+			return 0, fmt.Errorf("sequence number %d of partition %d is no longer retained: the partition begins at %d", seq, p, info.First)
+		}
+		return seq, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, from)
+	if err != nil {
+		return 0, fmt.Errorf("from=%q is not start, end, a sequence number or an RFC 3339 time", from)
+	}
+	return s.log.SeekTime(p, t)
+}
+
+// tailPartition writes the partition's events from seq on until the request ends.
+func (s *Server) tailPartition(ctx context.Context, p int, seq int64, device string, out *eventWriter) error {
+	for {
+		// Subscribe before reading so an append between the read and the wait is not missed.
+		notify := s.log.Notify(p)
+		records, err := s.log.Read(p, seq, readBatchRecords, readBatchBytes)
+		if errors.Is(err, telemetry.ErrBeforeRetained) {
+			// Retention overtook a slow reader: say so in the stream rather than skip silently.
+			return fmt.Errorf("partition %d: reader at %d fell behind retention: %w", p, seq, err)
+		}
+		if err != nil {
+			return fmt.Errorf("read partition %d at %d: %w", p, seq, err)
+		}
+		if len(records) == 0 {
+			select {
+			case <-notify:
+				continue
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		batch := make([]api.Event, 0, len(records))
+		for _, rec := range records {
+			seq = rec.Sequence + 1
+			ev, err := eventFromRecord(rec)
+			if err != nil {
+				return err
+			}
+			if device != "" && ev.DeviceID != device {
+				continue
+			}
+			batch = append(batch, ev)
+		}
+		if err := out.write(batch); err != nil {
+			return err
+		}
+	}
+}
+
+// eventFromRecord decodes a telemetry record into its API shape.
+func eventFromRecord(rec telemetry.Record) (api.Event, error) {
+	var m message.Message
+	if err := m.UnmarshalBinary(rec.Data); err != nil {
+		return api.Event{}, fmt.Errorf("decode record %d of partition %d: %w", rec.Sequence, rec.Partition, err)
+	}
+	ev := api.Event{
+		DeviceID:         m.ConnectionDeviceID,
+		ModuleID:         m.ConnectionModuleID,
+		Partition:        rec.Partition,
+		SequenceNumber:   rec.Sequence,
+		EnqueuedTime:     m.EnqueuedTime,
+		SystemProperties: make(map[string]string),
+		Properties:       m.Properties,
+	}
+	if ev.Properties == nil {
+		ev.Properties = map[string]string{}
+	}
+	for _, p := range m.SystemProperties() {
+		ev.SystemProperties[p.Name] = p.Value
+	}
+	if utf8.Valid(m.Body) {
+		body := string(m.Body)
+		ev.Body = &body
+	} else {
+		ev.BodyBase64 = base64.StdEncoding.EncodeToString(m.Body)
+	}
+	return ev, nil
+}
+
+// eventWriter serialises partition readers onto one response.
+type eventWriter struct {
+	mu      sync.Mutex
+	w       *bufio.Writer
+	flusher http.Flusher
+}
+
+func (e *eventWriter) write(events []api.Event) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	enc := json.NewEncoder(e.w)
+	for i := range events {
+		if err := enc.Encode(&events[i]); err != nil {
+			return fmt.Errorf("write event: %w", err)
+		}
+	}
+	return e.flushLocked()
+}
+
+func (e *eventWriter) heartbeat() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, err := e.w.WriteString("\n"); err != nil {
+		return err
+	}
+	return e.flushLocked()
+}
+
+func (e *eventWriter) flush() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.flushLocked()
+}
+
+func (e *eventWriter) flushLocked() error {
+	if err := e.w.Flush(); err != nil {
+		return err
+	}
+	if e.flusher != nil {
+		e.flusher.Flush()
+	}
+	return nil
+}

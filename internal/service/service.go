@@ -1,0 +1,144 @@
+// Package service is the hub's service API on its HTTPS listener: IoT Hub's registry REST API
+// and Tether's streaming read of the built-in endpoint. Callers authenticate with SAS tokens of
+// the hub's shared access policies; every response carries x-ms-request-id, and errors use IoT
+// Hub's status codes and error body.
+package service
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/tetherhub/tether/api"
+	"github.com/tetherhub/tether/internal/auth"
+	"github.com/tetherhub/tether/internal/registry"
+	"github.com/tetherhub/tether/internal/telemetry"
+)
+
+// Authenticator checks a service caller's token for the permissions an operation needs.
+type Authenticator interface {
+	AuthenticateService(ctx context.Context, token, resource string, need auth.Permission) (auth.ServicePrincipal, error)
+}
+
+// EventLog is the built-in endpoint as the read API needs it.
+type EventLog interface {
+	Partitions() int
+	PartitionFor(key string) int
+	Read(partition int, from int64, max int, maxBytes int) ([]telemetry.Record, error)
+	Notify(partition int) <-chan struct{}
+	SeekTime(partition int, t time.Time) (int64, error)
+	Info(partition int) (telemetry.PartitionInfo, error)
+}
+
+// Config holds what the service API serves.
+type Config struct {
+	Auth     Authenticator
+	Registry *registry.Registry
+	Log      EventLog
+	Logger   *slog.Logger
+}
+
+// Server serves the service API.
+type Server struct {
+	auth     Authenticator
+	registry *registry.Registry
+	log      EventLog
+	logger   *slog.Logger
+	mux      *http.ServeMux
+}
+
+// New returns a service API server.
+func New(c Config) *Server {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{auth: c.Auth, registry: c.Registry, log: c.Log, logger: c.Logger, mux: http.NewServeMux()}
+	s.routes()
+	return s
+}
+
+func (s *Server) routes() {
+	s.mux.HandleFunc("GET /messages/events", s.need(auth.ServiceConnect, s.streamEvents))
+	s.mux.HandleFunc("GET /messages/events/partitions", s.need(auth.ServiceConnect, s.listPartitions))
+
+	s.mux.HandleFunc("GET /devices", s.need(auth.RegistryRead, s.listDevices))
+	s.mux.HandleFunc("GET /devices/{$}", s.need(auth.RegistryRead, s.listDevices))
+	s.mux.HandleFunc("GET /devices/{id}", s.need(auth.RegistryRead, s.getDevice))
+	s.mux.HandleFunc("PUT /devices/{id}", s.need(auth.RegistryWrite, s.putDevice))
+	s.mux.HandleFunc("DELETE /devices/{id}", s.need(auth.RegistryWrite, s.deleteDevice))
+	s.mux.HandleFunc("GET /statistics/devices", s.need(auth.RegistryRead, s.deviceStatistics))
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("x-ms-request-id", requestID(r))
+	s.mux.ServeHTTP(w, r)
+}
+
+// requestID echoes the caller's Request-Id (the service SDK sends one) or makes one.
+func requestID(r *http.Request) string {
+	if id := r.Header.Get("Request-Id"); id != "" && len(id) <= 128 {
+		return id
+	}
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// need wraps a handler with SAS authentication for the given permission.
+func (s *Server) need(perm auth.Permission, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		token := r.Header.Get("Authorization")
+		if token == "" {
+			s.writeError(w, r, http.StatusUnauthorized, "IotHubUnauthorizedAccess", "the request has no Authorization header with a SharedAccessSignature")
+			return
+		}
+		if _, err := s.auth.AuthenticateService(r.Context(), token, strings.TrimPrefix(r.URL.Path, "/"), perm); err != nil {
+			s.logger.Info("service request refused", "path", r.URL.Path, "err", err)
+			s.writeError(w, r, http.StatusUnauthorized, "IotHubUnauthorizedAccess", err.Error())
+			return
+		}
+		h(w, r)
+	}
+}
+
+// writeError writes IoT Hub's error response.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, status int, code, text string) {
+	w.Header().Set("iothub-errorcode", code)
+	writeJSON(w, status, api.NewErrorBody(code, text))
+}
+
+// writeStoreError maps a registry error to IoT Hub's status and error code.
+func (s *Server) writeStoreError(w http.ResponseWriter, r *http.Request, err error) {
+	status, code := http.StatusInternalServerError, "ServerError"
+	switch {
+	case errors.Is(err, registry.ErrDeviceNotFound):
+		status, code = http.StatusNotFound, "DeviceNotFound"
+	case errors.Is(err, registry.ErrModuleNotFound):
+		status, code = http.StatusNotFound, "ModuleNotFound"
+	case errors.Is(err, registry.ErrDeviceAlreadyExists):
+		status, code = http.StatusConflict, "DeviceAlreadyExists"
+	case errors.Is(err, registry.ErrModuleAlreadyExists):
+		status, code = http.StatusConflict, "ModuleAlreadyExistsOnDevice"
+	case errors.Is(err, registry.ErrPreconditionFailed):
+		status, code = http.StatusPreconditionFailed, "PreconditionFailed"
+	case errors.Is(err, registry.ErrInvalidID):
+		status, code = http.StatusBadRequest, "ArgumentInvalid"
+	}
+	if status == http.StatusInternalServerError {
+		s.logger.Error("service request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	s.writeError(w, r, status, code, err.Error())
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
