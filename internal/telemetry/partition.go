@@ -1,0 +1,518 @@
+package telemetry
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+)
+
+const maxGroupBytes = 4 << 20 // cap on one group commit's write (one request may exceed it)
+
+// partition is one ordered stream. The writer goroutine owns the fields in
+// the "writer" block; mu guards the published, durable state readers use.
+type partition struct {
+	id    int
+	dir   string
+	log   *Log
+	queue chan *Pending
+
+	mu     sync.RWMutex
+	segs   []*segment // ascending; the last one is active
+	first  int64      // first retained sequence
+	next   int64      // next sequence to become durable (Last+1)
+	lastT  int64      // time of the last durable record (0 = unknown)
+	notify chan struct{}
+	closed bool
+
+	// writer
+	active    *segment
+	woff      int64 // write offset in active == active.end between groups
+	nextSeq   int64
+	wlastT    int64
+	lastIndex int64 // offset of the newest index entry in active (-indexInterval if none)
+	buf       []byte
+	inflight  []*Pending
+	entries   []indexEntry
+	flushT0   int64 // time of the first record in buf
+	failed    error // sticky: after a failed write or sync nothing more is appended
+	spare     *spareFile
+	group     []*Pending
+}
+
+// spareFile is a zero-filled segment prepared in the background.
+type spareFile struct {
+	done chan struct{}
+	f    *os.File
+	size int64
+	err  error
+}
+
+func openPartition(l *Log, id int) (*partition, error) {
+	dir := filepath.Join(l.opts.Dir, fmt.Sprintf("p%d", id))
+	p := &partition{
+		id:     id,
+		dir:    dir,
+		log:    l,
+		queue:  make(chan *Pending, queueLen),
+		notify: make(chan struct{}),
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("open partition %d: %w", id, err)
+	}
+	bases, err := listSegments(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open partition %d: %w", id, err)
+	}
+	if len(bases) == 0 {
+		path := filepath.Join(dir, segmentName(0))
+		f, err := createZeroFile(path, l.opts.SegmentBytes, l.opts.NoSync)
+		if err == nil && !l.opts.NoSync {
+			err = syncDir(dir)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("open partition %d: %w", id, err)
+		}
+		s := &segment{base: 0, path: path, size: l.opts.SegmentBytes, last: -1, file: newFileRef(f)}
+		p.segs = []*segment{s}
+	}
+	for i, base := range bases {
+		s, err := p.loadSegment(base, i == len(bases)-1)
+		if err != nil {
+			p.closeFiles()
+			return nil, fmt.Errorf("open partition %d: %w", id, err)
+		}
+		p.segs = append(p.segs, s)
+	}
+	for i := 1; i < len(p.segs); i++ {
+		if prev := p.segs[i-1]; prev.last+1 != p.segs[i].base {
+			l.opts.Logger.Warn("telemetry: sequence gap between segments",
+				"partition", id, "segment", p.segs[i].path, "prev_last", prev.last, "base", p.segs[i].base)
+		}
+	}
+	act := p.segs[len(p.segs)-1]
+	p.active = act
+	p.first = p.segs[0].base
+	p.next = act.last + 1
+	for i := len(p.segs) - 1; i >= 0; i-- {
+		if !p.segs[i].empty() {
+			p.lastT = p.segs[i].lastTime
+			break
+		}
+	}
+	p.woff = act.end
+	p.nextSeq = p.next
+	p.wlastT = p.lastT
+	p.lastIndex = -indexInterval
+	if n := len(act.index); n > 0 {
+		p.lastIndex = act.index[n-1].off
+	}
+	return p, nil
+}
+
+// loadSegment scans one segment file; the active (last) one is also repaired.
+func (p *partition) loadSegment(base int64, active bool) (*segment, error) {
+	path := filepath.Join(p.dir, segmentName(base))
+	flag := os.O_RDONLY
+	if active {
+		flag = os.O_RDWR
+	}
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		return nil, fmt.Errorf("load segment: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("load segment: %w", err)
+	}
+	res, err := scanSegment(f, fi.Size(), base)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("load segment: %w", err)
+	}
+	s := &segment{
+		base: base, path: path, size: fi.Size(), end: res.end, last: res.last,
+		firstTime: res.firstTime, lastTime: res.lastTime, index: res.index,
+	}
+	lg := p.log.opts.Logger
+	if !active {
+		if res.stop != nil {
+			lg.Error("telemetry: corrupt sealed segment; records after the corruption are unreadable",
+				"partition", p.id, "segment", path, "offset", res.end, "err", res.stop)
+		}
+		return s, f.Close()
+	}
+	// Zero everything after the valid prefix: stale frames of a torn write must
+	// never be taken for records once new appends reach them.
+	wrote, err := zeroTail(f, res.end, fi.Size())
+	if err == nil && wrote && !p.log.opts.NoSync {
+		err = fdatasync(f)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("repair segment: %w", err)
+	}
+	if wrote || res.stop != nil {
+		lg.Warn("telemetry: truncated torn tail of active segment",
+			"partition", p.id, "segment", path, "offset", res.end, "last", res.last, "reason", res.stop)
+	}
+	s.file = newFileRef(f)
+	return s, nil
+}
+
+// closeFiles releases the partition's handles (on Close or a failed open).
+func (p *partition) closeFiles() error {
+	var errs []error
+	for _, s := range p.segs {
+		if s.file != nil {
+			errs = append(errs, s.file.release())
+			s.file = nil
+		}
+	}
+	if sp := p.spare; sp != nil {
+		<-sp.done
+		if sp.f != nil {
+			errs = append(errs, sp.f.Close())
+			errs = append(errs, os.Remove(sp.f.Name()))
+		}
+		p.spare = nil
+	}
+	return errors.Join(errs...)
+}
+
+// run is the writer goroutine: group commit until stop, then drain the queue.
+func (p *partition) run(stop <-chan struct{}, done func()) {
+	defer done()
+	for {
+		var first *Pending
+		select {
+		case first = <-p.queue:
+		case <-stop:
+			// Close guarantees no new Submit after stop; finish what is queued.
+			for {
+				select {
+				case r := <-p.queue:
+					p.commitGroup(p.collect(r))
+				default:
+					return
+				}
+			}
+		}
+		p.commitGroup(p.collect(first))
+	}
+}
+
+// collect takes first and whatever else is queued, up to maxGroupBytes.
+func (p *partition) collect(first *Pending) []*Pending {
+	g := append(p.group[:0], first)
+	n := first.size
+	for n < maxGroupBytes {
+		select {
+		case r := <-p.queue:
+			g = append(g, r)
+			n += r.size
+			continue
+		default:
+		}
+		break
+	}
+	p.group = g
+	return g
+}
+
+func (p *partition) commitGroup(group []*Pending) {
+	for i, r := range group {
+		if p.failed != nil {
+			failAll(group[i:], p.failed)
+			break
+		}
+		if p.woff+int64(len(p.buf))+int64(r.size) > p.active.size {
+			if err := p.flush(); err == nil {
+				err = p.roll(int64(r.size))
+				if err != nil {
+					p.failed = fmt.Errorf("append to partition %d: roll segment: %w", p.id, err)
+					p.log.opts.Logger.Error("telemetry: partition failed", "partition", p.id, "err", err)
+				}
+			}
+			if p.failed != nil {
+				failAll(group[i:], p.failed)
+				break
+			}
+		}
+		p.encode(r)
+	}
+	if p.failed == nil {
+		p.flush()
+	}
+	clear(group) // drop references for the GC
+}
+
+func failAll(rs []*Pending, err error) {
+	for _, r := range rs {
+		r.err = err
+		r.data = nil
+		close(r.done)
+	}
+}
+
+// encode appends r's records to the write buffer and assigns sequences.
+func (p *partition) encode(r *Pending) {
+	t := max(r.t, p.wlastT) // keep record times non-decreasing for SeekTime
+	p.wlastT = t
+	if len(p.buf) == 0 {
+		p.flushT0 = t
+	}
+	r.pos = Position{Partition: p.id, Sequence: p.nextSeq}
+	last := len(r.data) - 1
+	for i, d := range r.data {
+		var flags byte
+		if i == 0 {
+			flags |= flagBatchStart
+		}
+		if i == last {
+			flags |= flagBatchEnd
+		}
+		off := p.woff + int64(len(p.buf))
+		if off-p.lastIndex >= indexInterval {
+			p.entries = append(p.entries, indexEntry{seq: p.nextSeq, time: t, off: off})
+			p.lastIndex = off
+		}
+		p.buf = appendFrame(p.buf, p.nextSeq, t, flags, d)
+		p.nextSeq++
+	}
+	r.data = nil
+	p.inflight = append(p.inflight, r)
+}
+
+// flush writes and syncs the buffer, publishes it to readers and releases
+// its waiters.
+func (p *partition) flush() error {
+	if len(p.buf) == 0 {
+		return nil
+	}
+	s := p.active
+	_, err := s.file.f.WriteAt(p.buf, p.woff)
+	if err == nil && !p.log.opts.NoSync {
+		err = fdatasync(s.file.f)
+	}
+	if err != nil {
+		// After a failed fdatasync the page cache state is unknown; refuse
+		// further appends rather than risk acknowledging lost data.
+		p.failed = fmt.Errorf("append to partition %d: %w", p.id, err)
+		p.log.opts.Logger.Error("telemetry: partition failed", "partition", p.id, "err", err)
+		failAll(p.inflight, p.failed)
+		p.inflight = p.inflight[:0]
+		p.buf = p.buf[:0]
+		return p.failed
+	}
+	p.woff += int64(len(p.buf))
+	if p.spare == nil && p.woff >= s.size/2 {
+		// Prepare the next segment once this one is half full: idle
+		// partitions never pay for a spare.
+		p.startSpare()
+	}
+	p.mu.Lock()
+	if s.empty() {
+		s.firstTime = p.flushT0
+	}
+	s.end = p.woff
+	s.last = p.nextSeq - 1
+	s.lastTime = p.wlastT
+	s.index = append(s.index, p.entries...)
+	p.next = p.nextSeq
+	p.lastT = p.wlastT
+	ch := p.notify
+	p.notify = make(chan struct{})
+	p.mu.Unlock()
+	close(ch)
+	for i, r := range p.inflight {
+		close(r.done)
+		p.inflight[i] = nil
+	}
+	p.inflight = p.inflight[:0]
+	p.entries = p.entries[:0]
+	if cap(p.buf) > 2*maxGroupBytes {
+		p.buf = nil // a huge batch went through; do not pin its buffer
+	} else {
+		p.buf = p.buf[:0]
+	}
+	return nil
+}
+
+// roll seals the active segment and starts a new one that can hold need bytes.
+func (p *partition) roll(need int64) error {
+	old := p.active
+	size := max(p.log.opts.SegmentBytes, need)
+	if old.empty() {
+		// Nothing to seal (a fresh segment too small for a huge batch): grow it.
+		if err := fillZeros(old.file.f, old.size, size, p.log.opts.NoSync); err != nil {
+			return err
+		}
+		p.mu.Lock()
+		old.size = size
+		p.mu.Unlock()
+		return nil
+	}
+	path := filepath.Join(p.dir, segmentName(p.nextSeq))
+	f, err := p.takeSpare(path, size)
+	if err != nil {
+		return err
+	}
+	s := &segment{base: p.nextSeq, path: path, size: size, last: p.nextSeq - 1, file: newFileRef(f)}
+	p.mu.Lock()
+	p.segs = append(p.segs, s)
+	oldFile := old.file
+	old.file = nil
+	p.mu.Unlock()
+	// Sealed: give back the zero tail. Not synced; if lost, the tail just stays zero.
+	if err := oldFile.f.Truncate(old.end); err != nil {
+		p.log.opts.Logger.Warn("telemetry: truncate sealed segment", "segment", old.path, "err", err)
+	} else {
+		p.mu.Lock()
+		old.size = old.end
+		p.mu.Unlock()
+	}
+	oldFile.release()
+	p.active = s
+	p.woff = 0
+	p.lastIndex = -indexInterval
+	p.log.opts.Logger.Debug("telemetry: rolled segment", "partition", p.id, "base", s.base)
+	return nil
+}
+
+// startSpare prepares the next segment file in the background so a roll
+// does not stall appends while zero-filling.
+func (p *partition) startSpare() {
+	if p.spare != nil {
+		return
+	}
+	sp := &spareFile{done: make(chan struct{}), size: p.log.opts.SegmentBytes}
+	p.spare = sp
+	go func() {
+		defer close(sp.done)
+		sp.f, sp.err = createZeroFile(filepath.Join(p.dir, spareName), sp.size, p.log.opts.NoSync)
+	}()
+}
+
+// takeSpare turns the spare (or a new file) into the segment file path of at
+// least size bytes.
+func (p *partition) takeSpare(path string, size int64) (*os.File, error) {
+	var f *os.File
+	if sp := p.spare; sp != nil {
+		p.spare = nil
+		<-sp.done
+		if sp.err == nil && sp.size >= size {
+			if err := os.Rename(sp.f.Name(), path); err != nil {
+				sp.f.Close()
+				return nil, fmt.Errorf("install segment: %w", err)
+			}
+			f = sp.f
+		} else if sp.f != nil {
+			sp.f.Close()
+			os.Remove(sp.f.Name())
+		}
+	}
+	if f == nil {
+		var err error
+		if f, err = createZeroFile(path, size, p.log.opts.NoSync); err != nil {
+			return nil, err
+		}
+	}
+	if !p.log.opts.NoSync {
+		if err := syncDir(p.dir); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	return f, nil
+}
+
+// enforceRetention drops the oldest sealed segments that are older than
+// cutoff (by newest record time) or exceed maxBytes.
+func (p *partition) enforceRetention(cutoff, maxBytes int64) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	var total int64
+	for _, s := range p.segs {
+		total += s.end
+	}
+	n := 0
+	for ; n < len(p.segs)-1; n++ {
+		s := p.segs[n]
+		old := s.empty() || s.lastTime < cutoff
+		over := maxBytes > 0 && total > maxBytes
+		if !old && !over {
+			break
+		}
+		total -= s.end
+	}
+	removed := append([]*segment(nil), p.segs[:n]...)
+	if n > 0 {
+		p.segs = append([]*segment(nil), p.segs[n:]...)
+		p.first = p.segs[0].base
+	}
+	p.mu.Unlock()
+	var errs []error
+	for _, s := range removed {
+		// Readers that already opened the file keep reading it after unlink;
+		// new readers see first moved and return ErrBeforeRetained.
+		if err := os.Remove(s.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("retention of partition %d: %w", p.id, err))
+			continue
+		}
+		p.log.opts.Logger.Debug("telemetry: removed segment", "partition", p.id, "segment", s.path,
+			"last", s.last, "last_time", s.lastTime)
+	}
+	return errors.Join(errs...)
+}
+
+// readSpan is what a reader needs to read one segment without the lock.
+type readSpan struct {
+	path     string
+	file     *fileRef // acquired, or nil: open path
+	off, end int64
+	last     int64 // last durable sequence in the segment
+	nextBase int64 // first sequence after the segment
+}
+
+// spanFor finds the segment holding seq (the caller holds mu.RLock and has
+// checked first <= seq < next).
+func (p *partition) spanFor(seq int64, byTime bool, t int64) readSpan {
+	i := sort.Search(len(p.segs), func(i int) bool { return p.segs[i].base > seq }) - 1
+	i = max(i, 0)
+	s := p.segs[i]
+	sp := readSpan{path: s.path, end: s.end, last: s.last, nextBase: p.next}
+	if i+1 < len(p.segs) {
+		sp.nextBase = p.segs[i+1].base
+	}
+	if byTime {
+		sp.off = s.lookupTime(t)
+	} else {
+		sp.off = s.lookup(seq)
+	}
+	if s.file != nil {
+		s.file.acquire()
+		sp.file = s.file
+	}
+	return sp
+}
+
+// open returns a file for the span and a func to release it. A missing file
+// means retention removed the segment in the meantime.
+func (sp *readSpan) open() (*os.File, func(), error) {
+	if sp.file != nil {
+		return sp.file.f, func() { sp.file.release() }, nil
+	}
+	f, err := os.Open(sp.path)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, func() { f.Close() }, nil
+}

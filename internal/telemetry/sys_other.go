@@ -1,0 +1,10 @@
+//go:build !linux
+
+package telemetry
+
+import "os"
+
+func fdatasync(f *os.File) error { return f.Sync() }
+
+// lockFile is a no-op outside Linux.
+func lockFile(*os.File) error { return nil }
