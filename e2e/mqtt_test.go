@@ -124,7 +124,8 @@ func TestForeignTopicClosesConnection(t *testing.T) {
 }
 
 // TestCrashLosesNoAcknowledgedMessage: devices publish QoS 1 under load, the hub is killed with
-// SIGKILL mid-load and restarted, twice; every message that got a PUBACK is readable afterwards.
+// SIGKILL mid-load and restarted, twice, then stopped with SIGTERM mid-load (graceful shutdown);
+// every message that got a PUBACK is readable afterwards.
 func TestCrashLosesNoAcknowledgedMessage(t *testing.T) {
 	h := startHub(t)
 	const devices = 16
@@ -135,7 +136,7 @@ func TestCrashLosesNoAcknowledgedMessage(t *testing.T) {
 
 	var mu sync.Mutex
 	acked := map[string]bool{}
-	for round := range 2 {
+	for round := range 3 {
 		var wg sync.WaitGroup
 		stop := make(chan struct{})
 		for i := range devices {
@@ -177,8 +178,12 @@ func TestCrashLosesNoAcknowledgedMessage(t *testing.T) {
 				}
 			}()
 		}
-		time.Sleep(3 * time.Second)
-		h.kill()
+		time.Sleep(1500 * time.Millisecond)
+		if round < 2 {
+			h.kill()
+		} else {
+			h.stop()
+		}
 		close(stop)
 		wg.Wait()
 		mu.Lock()
@@ -215,5 +220,5 @@ func TestCrashLosesNoAcknowledgedMessage(t *testing.T) {
 	if dups > 0 {
 		t.Errorf("%d messages stored twice", dups)
 	}
-	t.Logf("%d acknowledged, %d stored after two SIGKILLs", len(acked), len(seen))
+	t.Logf("%d acknowledged, %d stored after two SIGKILLs and a SIGTERM", len(acked), len(seen))
 }
