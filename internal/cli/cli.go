@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/alecthomas/kong"
@@ -113,7 +114,12 @@ func yamlLoader(r io.Reader) (kong.Resolver, error) {
 	if err := yaml.NewDecoder(r).Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("parse configuration file: %w", err)
 	}
-	data, err := json.Marshal(doc)
+	// Kong's JSON resolver looks flags up with "-" spelled "_"; people write flag names.
+	normalized := make(map[string]any, len(doc))
+	for k, v := range doc {
+		normalized[strings.ReplaceAll(k, "-", "_")] = v
+	}
+	data, err := json.Marshal(normalized)
 	if err != nil {
 		return nil, fmt.Errorf("configuration file: %w", err)
 	}
