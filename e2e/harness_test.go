@@ -57,12 +57,34 @@ type hubProcess struct {
 // startHub starts a hub on free loopback ports in a fresh data directory.
 func startHub(t *testing.T, extra ...string) *hubProcess {
 	t.Helper()
+	return startHubWithHTTPS(t, freeAddr(t), extra...)
+}
+
+// startHubOn443 starts a hub whose HTTPS listener is on 127.0.0.1:443, the only port the SDKs'
+// HTTP and WebSocket transports and azure-iothub dial. Binding it needs root (CI runs as root).
+// A file lock keeps concurrent test processes on this machine from fighting over the port.
+func startHubOn443(t *testing.T, extra ...string) *hubProcess {
+	t.Helper()
+	lock, err := os.OpenFile(filepath.Join(os.TempDir(), "tether-e2e-443.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	// Registered first, so it runs after the hub has stopped.
+	t.Cleanup(func() { lock.Close() })
+	return startHubWithHTTPS(t, "127.0.0.1:443", extra...)
+}
+
+func startHubWithHTTPS(t *testing.T, httpsAddr string, extra ...string) *hubProcess {
+	t.Helper()
 	h := &hubProcess{
 		t:        t,
 		dataDir:  t.TempDir(),
 		mqttAddr: freeAddr(t),
 		tcpAddr:  freeAddr(t),
-		https:    freeAddr(t),
+		https:    httpsAddr,
 	}
 	h.args = append([]string{"serve", "--data-dir", h.dataDir, "--mqtt-addr", h.mqttAddr,
 		"--mqtt-tcp-addr", h.tcpAddr, "--https-addr", h.https, "--log-level", "debug"}, extra...)

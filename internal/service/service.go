@@ -63,10 +63,18 @@ func New(c Config) *Server {
 	return s
 }
 
+// routes registers every operation; each feature keeps its handlers in its own file.
 func (s *Server) routes() {
+	s.eventRoutes()
+	s.deviceRoutes()
+}
+
+func (s *Server) eventRoutes() {
 	s.mux.HandleFunc("GET /messages/events", s.need(auth.ServiceConnect, s.streamEvents))
 	s.mux.HandleFunc("GET /messages/events/partitions", s.need(auth.ServiceConnect, s.listPartitions))
+}
 
+func (s *Server) deviceRoutes() {
 	s.mux.HandleFunc("GET /devices", s.need(auth.RegistryRead, s.listDevices))
 	s.mux.HandleFunc("GET /devices/{$}", s.need(auth.RegistryRead, s.listDevices))
 	s.mux.HandleFunc("GET /devices/{id}", s.need(auth.RegistryRead, s.getDevice))
