@@ -38,9 +38,6 @@ func goldenSig(key, sr, se string) string {
 	return base64.StdEncoding.EncodeToString(m.Sum(nil))
 }
 
-// param is one k=v pair, already encoded.
-type param struct{ k, v string }
-
 // tok builds a token with the parameters in the given order; sig is
 // computed over sr and se as given.
 func tok(key, sr, se, skn, order string) string {

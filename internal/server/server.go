@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+	bberrors "go.etcd.io/bbolt/errors"
 
 	"github.com/tetherhub/tether/internal/auth"
 	"github.com/tetherhub/tether/internal/certs"
@@ -100,7 +101,7 @@ func Serve(ctx context.Context, cfg Config, ready func(Started)) (err error) {
 
 	db, err := bbolt.Open(filepath.Join(cfg.DataDir, metadataFile), 0o600, &bbolt.Options{Timeout: time.Second})
 	if err != nil {
-		if errors.Is(err, bbolt.ErrTimeout) {
+		if errors.Is(err, bberrors.ErrTimeout) {
 			return fmt.Errorf("open metadata store: another tether process uses %s", cfg.DataDir)
 		}
 		return fmt.Errorf("open metadata store: %w", err)

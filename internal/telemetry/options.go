@@ -57,7 +57,7 @@ func (o *Options) EnsureDefaults() {
 func (o *Options) validate() error {
 	var errs []error
 	if o.Dir == "" {
-		errs = append(errs, errors.New("Dir is empty"))
+		errs = append(errs, errors.New("directory is empty"))
 	}
 	if o.Partitions < 0 || o.Partitions > 1<<16 {
 		errs = append(errs, fmt.Errorf("Partitions %d out of range", o.Partitions))
