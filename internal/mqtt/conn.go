@@ -42,12 +42,13 @@ const (
 	reasonTakeover                   // a newer connection of the same identity
 	reasonExpired                    // the credentials expired
 	reasonShutdown                   // Server.Shutdown
+	reasonRevoked                    // the identity was disabled or deleted (Server.Disconnect)
 	reasonAborted                    // the ServeConn context was cancelled
 	reasonPanic                      // a bug, recovered
 )
 
 var reasonNames = [...]string{"none", "disconnect", "network", "timeout", "protocol violation",
-	"message refused", "connect refused", "takeover", "credentials expired", "shutdown", "aborted", "panic"}
+	"message refused", "connect refused", "takeover", "credentials expired", "shutdown", "identity revoked", "aborted", "panic"}
 
 func (r closeReason) String() string { return reasonNames[r] }
 

@@ -167,6 +167,20 @@ func (s *Server) isClosing() bool {
 	return s.closing
 }
 
+// Disconnect closes the live connection of a device (moduleID "") or module, as IoT Hub does
+// when an identity is disabled or deleted. Pending PUBACKs are not sent: the identity no longer
+// has the right to store anything. It reports whether a connection was found.
+func (s *Server) Disconnect(deviceID, moduleID string) bool {
+	s.mu.Lock()
+	c := s.byID[identity{deviceID, moduleID}]
+	s.mu.Unlock()
+	if c == nil {
+		return false
+	}
+	c.close(reasonRevoked, nil)
+	return true
+}
+
 // register makes c the live connection of its identity and returns the one it replaces.
 func (s *Server) register(c *conn) *conn {
 	id := identity{c.deviceID, c.moduleID}

@@ -746,3 +746,27 @@ func selfSigned(t *testing.T, cn string) tls.Certificate {
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
+
+func TestDisconnectRevokedIdentity(t *testing.T) {
+	hub := newFakeHub()
+	s := startServer(t, hub, Options{})
+	victim := connectDevice(t, s.addr, "dev1", testUsername, connectOpts{willTopic: eventsTopic, willBody: "gone"})
+	other := connectDevice(t, s.addr, "dev2", "localhost/dev2/?api-version=1", connectOpts{})
+	if !s.Disconnect("dev1", "") {
+		t.Fatal("Disconnect found no connection for dev1")
+	}
+	victim.expectClosed(2 * time.Second)
+	for deadline := time.Now().Add(2 * time.Second); s.Connections() != 1; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Connections() = %d after Disconnect, want 1", s.Connections())
+		}
+	}
+	if s.Disconnect("dev9", "") {
+		t.Error("Disconnect found a connection for an unknown device")
+	}
+	if m := hub.messages(); len(m) != 0 {
+		t.Errorf("will submitted for a revoked identity: %v", m)
+	}
+	other.send(pingreqBytes)
+	other.expect(packets.Pingresp)
+}
