@@ -167,18 +167,23 @@ func (s *Server) isClosing() bool {
 	return s.closing
 }
 
-// Disconnect closes the live connection of a device (moduleID "") or module, as IoT Hub does
-// when an identity is disabled or deleted. Pending PUBACKs are not sent: the identity no longer
-// has the right to store anything. It reports whether a connection was found.
-func (s *Server) Disconnect(deviceID, moduleID string) bool {
+// Disconnect closes the live connections of an identity, as IoT Hub does when an identity is
+// disabled or deleted: with moduleID "" the device's own connection and its modules' (they go
+// with it), otherwise only that module's. Pending PUBACKs are not sent: the identity no longer
+// may store anything. It reports how many connections it closed.
+func (s *Server) Disconnect(deviceID, moduleID string) int {
 	s.mu.Lock()
-	c := s.byID[identity{deviceID, moduleID}]
-	s.mu.Unlock()
-	if c == nil {
-		return false
+	var victims []*conn
+	for id, c := range s.byID {
+		if id.device == deviceID && (moduleID == "" || id.module == moduleID) {
+			victims = append(victims, c)
+		}
 	}
-	c.close(reasonRevoked, nil)
-	return true
+	s.mu.Unlock()
+	for _, c := range victims {
+		c.close(reasonRevoked, nil)
+	}
+	return len(victims)
 }
 
 // register makes c the live connection of its identity and returns the one it replaces.

@@ -752,8 +752,8 @@ func TestDisconnectRevokedIdentity(t *testing.T) {
 	s := startServer(t, hub, Options{})
 	victim := connectDevice(t, s.addr, "dev1", testUsername, connectOpts{willTopic: eventsTopic, willBody: "gone"})
 	other := connectDevice(t, s.addr, "dev2", "localhost/dev2/?api-version=1", connectOpts{})
-	if !s.Disconnect("dev1", "") {
-		t.Fatal("Disconnect found no connection for dev1")
+	if n := s.Disconnect("dev1", ""); n != 1 {
+		t.Fatalf("Disconnect closed %d connections for dev1, want 1", n)
 	}
 	victim.expectClosed(2 * time.Second)
 	for deadline := time.Now().Add(2 * time.Second); s.Connections() != 1; time.Sleep(5 * time.Millisecond) {
@@ -761,8 +761,8 @@ func TestDisconnectRevokedIdentity(t *testing.T) {
 			t.Fatalf("Connections() = %d after Disconnect, want 1", s.Connections())
 		}
 	}
-	if s.Disconnect("dev9", "") {
-		t.Error("Disconnect found a connection for an unknown device")
+	if n := s.Disconnect("dev9", ""); n != 0 {
+		t.Errorf("Disconnect closed %d connections for an unknown device", n)
 	}
 	if m := hub.messages(); len(m) != 0 {
 		t.Errorf("will submitted for a revoked identity: %v", m)

@@ -138,6 +138,14 @@ func Serve(ctx context.Context, cfg Config, ready func(Started)) (err error) {
 	h := hub.New(hub.Config{Auth: authn, Activity: reg, Log: tlog, Logger: logger.With("component", "hub")})
 
 	mqttServer := mqtt.NewServer(mqttAdapter{hub: h}, mqtt.Options{Logger: logger.With("component", "mqtt")})
+	// IoT Hub closes the connections of an identity that is disabled or deleted.
+	reg.OnChange(func(ev registry.ChangeEvent) {
+		revoked := ev.Op == registry.Deleted ||
+			(ev.Op == registry.Updated && ev.ModuleID == "" && ev.Device.Status == registry.StatusDisabled)
+		if revoked {
+			mqttServer.Disconnect(ev.DeviceID, ev.ModuleID)
+		}
+	})
 	svc := service.New(service.Config{Auth: authn, Registry: reg, Log: tlog, Logger: logger.With("component", "service")})
 
 	var listeners []net.Listener
