@@ -222,3 +222,31 @@ func TestCrashLosesNoAcknowledgedMessage(t *testing.T) {
 	}
 	t.Logf("%d acknowledged, %d stored after two SIGKILLs and a SIGTERM", len(acked), len(seen))
 }
+
+// TestDisableDisconnects: disabling a connected device closes its connection, and it cannot
+// come back until it is enabled again.
+func TestDisableDisconnects(t *testing.T) {
+	h := startHub(t)
+	conn := h.createDevice("dev-x")
+	lost := make(chan error, 1)
+	c, err := h.mqttDevice(t, "dev-x", conn, true, func(err error) { lost <- err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Disconnect(0)
+	if d := h.device("dev-x"); d.ConnectionState != "Connected" {
+		t.Errorf("connectionState = %q while connected", d.ConnectionState)
+	}
+	h.mustCLI("device", "disable", "dev-x")
+	select {
+	case <-lost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the disabled device is still connected")
+	}
+	if _, err := h.mqttDevice(t, "dev-x", conn, true, nil); err == nil {
+		t.Fatal("a disabled device connected")
+	}
+	if d := h.device("dev-x"); d.ConnectionState != "Disconnected" {
+		t.Errorf("connectionState = %q after disable", d.ConnectionState)
+	}
+}
