@@ -8,8 +8,11 @@ import (
 )
 
 // codecVersion leads every encoded message so the format can evolve without a migration:
-// records stay readable for the whole retention period.
-const codecVersion = 1
+// records stay readable for the whole retention period. Version 2 added the routing decision.
+const (
+	codecVersion   = 2
+	codecVersionV1 = 1
+)
 
 // ErrCorrupt reports an encoded message that cannot be decoded.
 var ErrCorrupt = errors.New("corrupt encoded message")
@@ -43,7 +46,21 @@ func (m *Message) AppendBinary(b []byte) ([]byte, error) {
 	}
 	b = binary.AppendUvarint(b, uint64(len(m.Body)))
 	b = append(b, m.Body...)
+	if m.Routing == nil {
+		return append(b, 0), nil
+	}
+	b = append(b, 1)
+	b = appendStrings(b, m.Routing.Routes)
+	b = appendStrings(b, m.Routing.Endpoints)
 	return b, nil
+}
+
+func appendStrings(b []byte, ss []string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(ss)))
+	for _, s := range ss {
+		b = appendString(b, s)
+	}
+	return b
 }
 
 // MarshalBinary implements encoding.BinaryMarshaler.
@@ -59,11 +76,12 @@ func appendString(b []byte, s string) []byte {
 // UnmarshalBinary implements encoding.BinaryUnmarshaler. The body is copied out of data.
 func (m *Message) UnmarshalBinary(data []byte) error {
 	d := decoder{buf: data}
-	if v := d.byte(); v != codecVersion {
-		if d.err != nil {
-			return d.err
-		}
-		return fmt.Errorf("%w: unknown version %d", ErrCorrupt, v)
+	version := d.byte()
+	if d.err != nil {
+		return d.err
+	}
+	if version != codecVersion && version != codecVersionV1 {
+		return fmt.Errorf("%w: unknown version %d", ErrCorrupt, version)
 	}
 	*m = Message{}
 	for _, f := range m.stringFields() {
@@ -84,6 +102,9 @@ func (m *Message) UnmarshalBinary(data []byte) error {
 		m.Properties[k] = d.string()
 	}
 	body := d.bytes()
+	if version >= 2 && d.byte() == 1 {
+		m.Routing = &Routing{Routes: d.strings(), Endpoints: d.strings()}
+	}
 	if d.err != nil {
 		return d.err
 	}
@@ -154,3 +175,16 @@ func (d *decoder) bytes() []byte {
 }
 
 func (d *decoder) string() string { return string(d.bytes()) }
+
+func (d *decoder) strings() []string {
+	n := d.uvarint()
+	if n > uint64(len(d.buf)) { // each string takes at least one byte
+		d.fail("list")
+		return nil
+	}
+	var out []string
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		out = append(out, d.string())
+	}
+	return out
+}

@@ -60,6 +60,37 @@ type Message struct {
 	Properties map[string]string
 
 	Body []byte
+
+	// Routing is the routing decision made when the message was accepted; nil for messages
+	// stored before any routing existed, which belong to the built-in endpoint only.
+	Routing *Routing
+}
+
+// Routing records where the router sent a message. It is decided once, at ingestion, with the
+// routes in force then, and stored with the message: the built-in endpoint and each custom
+// endpoint's deliverer read the same log and pick what is theirs.
+type Routing struct {
+	// Routes are the names of the enabled routes whose condition matched ("$fallback" when only
+	// the fallback route did).
+	Routes []string
+	// Endpoints are the endpoints the message goes to, each once; "events" is the built-in one.
+	Endpoints []string
+}
+
+// BuiltInEndpoint is the name of the built-in endpoint, as in IoT Hub.
+const BuiltInEndpoint = "events"
+
+// ToEndpoint reports whether the message goes to the named endpoint.
+func (m *Message) ToEndpoint(name string) bool {
+	if m.Routing == nil {
+		return name == BuiltInEndpoint
+	}
+	for _, e := range m.Routing.Endpoints {
+		if e == name {
+			return true
+		}
+	}
+	return false
 }
 
 // SetProperty sets an application property. IoT Hub treats D2C property names
