@@ -1,6 +1,7 @@
 // Drives the official, unmodified Azure IoT device SDK for Tether's end-to-end tests.
 //
 //   DEVICE_CONNECTION_STRING=... TRANSPORT=mqtt node sdk.js send '<json array of messages>'
+//   DEVICE_CONNECTION_STRING=... TRANSPORT=http node sdk.js sendBatch '<json array of messages>'
 //   DEVICE_CONNECTION_STRING=... node sdk.js open
 //
 // Prints one JSON line: {"ok":true,...} or {"ok":false,"error":"<ErrorName>","message":"..."}.
@@ -25,6 +26,10 @@ function toMessage(m) {
   if (m.userId) msg.userId = m.userId;
   if (m.contentType) msg.contentType = m.contentType;
   if (m.contentEncoding) msg.contentEncoding = m.contentEncoding;
+  if (m.to) msg.to = m.to;
+  if (m.ack) msg.ack = m.ack;
+  if (m.interfaceId) msg.interfaceId = m.interfaceId;
+  if (m.expiryTimeUtc) msg.expiryTimeUtc = new Date(m.expiryTimeUtc);
   for (const [k, v] of Object.entries(m.properties || {})) msg.properties.add(k, v);
   return msg;
 }
@@ -48,6 +53,10 @@ async function main() {
       await client.sendEvent(toMessage(m));
       out.sent++;
     }
+  } else if (cmd === 'sendBatch') {
+    const messages = JSON.parse(arg).map(toMessage);
+    await client.sendEventBatch(messages);
+    out.sent = messages.length;
   } else if (cmd !== 'open') {
     throw new Error('unknown command ' + cmd);
   }
