@@ -25,6 +25,12 @@ type Event struct {
 	// Body is set when the body is valid UTF-8, BodyBase64 otherwise.
 	Body       *string `json:"body,omitempty"`
 	BodyBase64 string  `json:"bodyBase64,omitempty"`
+	// Routes are the routes that matched the message when it was accepted ("$fallback" for the
+	// fallback route); absent when the hub had no routes. Endpoints are where it went ("events"
+	// is the built-in endpoint); both are set on the raw tap (raw=true), where Endpoints may be
+	// empty: the message went nowhere.
+	Routes    []string `json:"routes,omitempty"`
+	Endpoints []string `json:"endpoints,omitempty"`
 }
 
 // PartitionInfo describes one partition of the built-in endpoint, like Event Hubs'
@@ -51,6 +57,9 @@ type Device struct {
 	CloudToDeviceMessageCount  int             `json:"cloudToDeviceMessageCount"`
 	Authentication             *Authentication `json:"authentication,omitempty"`
 	Capabilities               *Capabilities   `json:"capabilities,omitempty"`
+	// Tags are the device twin's tags, read by routes and enrichments as $twin.tags (a Tether
+	// extension of the identity; IoT Hub keeps them in the twin).
+	Tags map[string]any `json:"tags,omitempty"`
 }
 
 // Authentication is an identity's credentials.

@@ -107,9 +107,13 @@ func IsNotFound(err error) bool {
 	return errors.As(err, &e) && e.StatusCode == http.StatusNotFound
 }
 
-func (c *Client) do(ctx context.Context, method, path string, query url.Values, headers map[string]string, in, out any) (*http.Response, error) {
+func (c *Client) do(ctx context.Context, method, path string, query url.Values, headers map[string]string, in, out any) (resp *http.Response, err error) {
 	u := *c.endpoint
-	u.Path = path
+	// path arrives escaped (ids may hold '#', '%', '?'): keep that form on the wire.
+	u.RawPath = path
+	if u.Path, err = url.PathUnescape(path); err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
 	if query == nil {
 		query = url.Values{}
 	}
@@ -138,7 +142,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	for k, v := range headers {
 		req.Header.Set(k, v)
 	}
-	resp, err := c.http.Do(req)
+	resp, err = c.http.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
@@ -230,16 +234,26 @@ func (c *Client) Partitions(ctx context.Context) ([]api.PartitionInfo, error) {
 
 // ReadOptions select what ReadEvents reads.
 type ReadOptions struct {
-	// From is "start", "end" (the default), a sequence number, or an RFC 3339 time.
+	// From is "start", "end" (the default), a sequence number, or an RFC 3339 time. With
+	// Resume, it applies only to partitions where the consumer group has no checkpoint.
 	From string
+	// ConsumerGroup is the group the reader belongs to ("" = $Default); it must exist.
+	ConsumerGroup string
+	// Resume starts each partition after the group's checkpoint (see Checkpointer).
+	Resume bool
 	// Device, when set, reads only that device's messages (from its partition).
 	Device string
 	// Partition, when not nil, reads only that partition.
 	Partition *int
+	// Raw reads the whole log before routing, each event with its matched routes and endpoints,
+	// instead of the built-in endpoint (needs RegistryWrite and ServiceConnect).
+	Raw bool
 }
 
 // ReadEvents streams events from the built-in endpoint to fn until ctx ends, fn returns an
-// error (which ReadEvents returns), or the hub ends the stream.
+// error (which ReadEvents returns), or the hub ends the stream (an *Error if it ended it
+// because of a failure, e.g. the reader fell behind retention). The hub sends no faster than
+// fn consumes: a slow fn holds the stream back and costs the hub no memory.
 func (c *Client) ReadEvents(ctx context.Context, opts ReadOptions, fn func(api.Event) error) error {
 	q := url.Values{}
 	if opts.From != "" {
@@ -250,6 +264,15 @@ func (c *Client) ReadEvents(ctx context.Context, opts ReadOptions, fn func(api.E
 	}
 	if opts.Partition != nil {
 		q.Set("partition", strconv.Itoa(*opts.Partition))
+	}
+	if opts.ConsumerGroup != "" {
+		q.Set("consumerGroup", opts.ConsumerGroup)
+	}
+	if opts.Resume {
+		q.Set("resume", "true")
+	}
+	if opts.Raw {
+		q.Set("raw", "true")
 	}
 	resp, err := c.do(ctx, http.MethodGet, "/messages/events", q, nil, nil, nil)
 	if err != nil {
@@ -263,11 +286,20 @@ func (c *Client) ReadEvents(ctx context.Context, opts ReadOptions, fn func(api.E
 		if len(bytes.TrimSpace(line)) == 0 {
 			continue // heartbeat
 		}
-		var ev api.Event
+		var ev struct {
+			api.Event
+			Error *api.StreamError `json:"error"`
+		}
 		if err := json.Unmarshal(line, &ev); err != nil {
+			if ctx.Err() != nil { // cancelled mid-line: the scanner hands over the partial line
+				return ctx.Err()
+			}
 			return fmt.Errorf("decode event: %w", err)
 		}
-		if err := fn(ev); err != nil {
+		if ev.Error != nil { // the hub ended the stream and says why
+			return &Error{StatusCode: ev.Error.Status, Code: ev.Error.Code(), Message: ev.Error.Text()}
+		}
+		if err := fn(ev.Event); err != nil {
 			return err
 		}
 	}

@@ -8,7 +8,8 @@
 // and a lock expiry). Complete removes it; Reject, expiry, and an Abandon that makes the
 // delivery count reach MaxDeliveryCount dead-letter it (remove it, with feedback). Abandon
 // returns it to Enqueued with delivery count + 1; lock expiry returns it to Enqueued without
-// touching the delivery count (IoT Hub's current rule, spec 7.1). Receive delivers the visible
+// touching the delivery count (IoT Hub's current rule, spec 7.1), and so does Release, which a
+// transport calls when a connection ends with a delivery unacknowledged. Receive delivers the visible
 // message with the lowest sequence number and skips locked ones.
 //
 // Feedback records (spec 7.4) are produced for the ack mode a message asked for, collected in

@@ -869,3 +869,40 @@ func TestCanceledContext(t *testing.T) {
 		t.Fatalf("sweep: %v", err)
 	}
 }
+
+func TestRelease(t *testing.T) {
+	e := newEnv(t, nil)
+	e.send("d", Message{MessageID: "a", Ack: AckFull})
+	e.send("d", Message{MessageID: "b", Ack: AckFull, ExpiryTime: e.clock.Now().Add(30 * time.Second)})
+	a := e.receive("d")
+	b := e.receive("d")
+	ch := e.s.Notify("d")
+	if err := e.s.Release(ctx, "d", a.LockToken); err != nil {
+		t.Fatal(err)
+	}
+	if !fired(ch) {
+		t.Fatal("release did not notify")
+	}
+	wantErr(t, e.s.Release(ctx, "d", a.LockToken), ErrLockLost)
+	wantErr(t, e.s.Complete(ctx, "d", a.LockToken), ErrLockLost)
+	again := e.receive("d")
+	if again.SequenceNumber != a.SequenceNumber || again.DeliveryCount != 0 || again.LockToken == a.LockToken {
+		t.Fatalf("after release got %+v, want message a again with delivery count 0", again)
+	}
+	if err := e.s.Complete(ctx, "d", again.LockToken); err != nil {
+		t.Fatal(err)
+	}
+	// A message whose expiry passed while it was locked dies on release.
+	e.clock.Advance(45 * time.Second)
+	if err := e.s.Release(ctx, "d", b.LockToken); err != nil {
+		t.Fatal(err)
+	}
+	e.receiveNone("d")
+	if got := statuses(e.feedback()); !reflect.DeepEqual(got, []FeedbackStatus{StatusSuccess, StatusExpired}) {
+		t.Fatalf("feedback %v", got)
+	}
+	if n := e.s.PendingCount("d"); n != 0 {
+		t.Fatalf("pending %d", n)
+	}
+	e.checkInvariants()
+}

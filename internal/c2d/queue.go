@@ -266,10 +266,11 @@ const (
 	complete verdict = iota
 	abandon
 	reject
+	release // back to the queue without counting a delivery (Release)
 )
 
 func (v verdict) String() string {
-	return [...]string{"complete", "abandon", "reject"}[v]
+	return [...]string{"complete", "abandon", "reject", "release"}[v]
 }
 
 // settle applies a receiver's verdict to the message a lock token holds.
@@ -283,6 +284,15 @@ func (t *txn) settle(q *queue, token string, v verdict, maxDelivery int) error {
 		return t.finish(q, seq, st, StatusSuccess)
 	case reject:
 		return t.finish(q, seq, st, StatusRejected)
+	}
+	if v == release {
+		if !t.now.Before(st.Expiry) {
+			return t.finish(q, seq, st, StatusExpired)
+		}
+		old := st
+		st.LockToken, st.LockedUntil = "", time.Time{}
+		t.wake = append(t.wake, q.id)
+		return t.putState(q, seq, &old, st)
 	}
 	old := st
 	st.DeliveryCount++ // same lock and deadline as old, so finish finds its timer
@@ -560,6 +570,15 @@ func (s *Store) Abandon(ctx context.Context, deviceID, lockToken string) error {
 // Reject dead-letters a locked message (Rejected feedback if asked for). Errors: ErrLockLost.
 func (s *Store) Reject(ctx context.Context, deviceID, lockToken string) error {
 	return s.settleDevice(ctx, deviceID, lockToken, reject)
+}
+
+// Release returns a locked message to the queue at once, as if its lock had expired: the
+// delivery count is unchanged and receivers are woken. It is for a transport that loses its
+// connection with a delivery unacknowledged (MQTT: no PUBACK before the connection ended), so
+// the message is redelivered on reconnect instead of after the lock duration. An expiry that
+// passed while the message was locked dead-letters it (Expired). Errors: ErrLockLost.
+func (s *Store) Release(ctx context.Context, deviceID, lockToken string) error {
+	return s.settleDevice(ctx, deviceID, lockToken, release)
 }
 
 func (s *Store) settleDevice(ctx context.Context, deviceID, lockToken string, v verdict) error {

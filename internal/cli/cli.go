@@ -41,6 +41,10 @@ type CLI struct {
 	HubCmd  HubCmd     `cmd:"" name:"hub" help:"Hub settings and connection strings."`
 	Device  DeviceCmd  `cmd:"" help:"Manage device identities."`
 	Monitor MonitorCmd `cmd:"" help:"Print messages arriving at the built-in endpoint."`
+	Route   RouteCmd   `cmd:"" help:"Manage message routing: routes, custom endpoints, enrichments; test conditions."`
+
+	ConsumerGroup ConsumerGroupCmd `cmd:"" name:"consumer-group" help:"Manage consumer groups of the built-in endpoint."`
+	Bench         BenchCmd         `cmd:"" help:"Simulate devices publishing telemetry and measure throughput and latency (Tether or any MQTT 3.1.1 broker)."`
 }
 
 // Env carries the process's streams, so commands are testable.

@@ -24,6 +24,9 @@ type ServeCmd struct {
 	RetentionBytes int64         `name:"retention-bytes" env:"TETHER_RETENTION_BYTES" help:"Optional size cap per partition in bytes (0 = none)."`
 	SegmentBytes   int64         `name:"segment-bytes" env:"TETHER_SEGMENT_BYTES" default:"67108864" help:"Size of one telemetry log segment file."`
 	LogFormat      string        `name:"log-format" env:"TETHER_LOG_FORMAT" default:"text" enum:"text,json" help:"Log format (${enum})."`
+
+	RetentionInterval time.Duration `name:"retention-interval" env:"TETHER_RETENTION_INTERVAL" default:"1m" help:"How often telemetry past retention is removed."`
+	MaxConsumerGroups int           `name:"max-consumer-groups" env:"TETHER_MAX_CONSUMER_GROUPS" default:"20" help:"Most consumer groups of the built-in endpoint, $Default included."`
 }
 
 // Run starts the hub and blocks until SIGINT or SIGTERM.
@@ -54,6 +57,10 @@ func (s *ServeCmd) Run(env *Env, c *CLI) error {
 		TLSCertFile:    s.TLSCert,
 		TLSKeyFile:     s.TLSKey,
 		Logger:         slog.New(handler),
+
+		RetentionInterval: s.RetentionInterval,
+		MaxConsumerGroups: s.MaxConsumerGroups,
+		ConfigFile:        string(c.Config),
 	}
 	return server.Serve(env.ctx, cfg, func(st server.Started) {
 		w := env.Stdout

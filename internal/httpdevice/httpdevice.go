@@ -56,8 +56,8 @@ type Hub interface {
 	Submit(ctx context.Context, from hub.Origin, msgs ...*message.Message) (*telemetry.Pending, error)
 }
 
-// DeviceBound is the seam for the cloud-to-device half of the HTTPS device API (spec 4.4, 4.5),
-// which is not built yet. The Handler routes the devicebound requests, authenticates the device
+// DeviceBound is the seam for the cloud-to-device half of the HTTPS device API (spec 4.4, 4.5);
+// NewDeviceBound implements it on the C2D queues. The Handler routes the devicebound requests, authenticates the device
 // and hands them over with the operation classified; the implementation writes the response
 // (use writeError in this package for IoT Hub's error form). With Config.DeviceBound nil those
 // requests are answered 501 after authentication.

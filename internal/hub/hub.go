@@ -26,6 +26,12 @@ type ActivityRecorder interface {
 	RecordActivity(deviceID, moduleID string, at time.Time)
 }
 
+// Router makes the routing decision stored with each message (package routing). A nil
+// decision means the built-in endpoint only; one without endpoints means no endpoint.
+type Router interface {
+	Route(msg *message.Message) *message.Routing
+}
+
 // TelemetryLog is where accepted device messages are stored durably.
 type TelemetryLog interface {
 	Submit(ctx context.Context, key string, t time.Time, data ...[]byte) (*telemetry.Pending, error)
@@ -38,6 +44,8 @@ type Hub struct {
 	log      TelemetryLog
 	logger   *slog.Logger
 	now      func() time.Time
+	router   Router
+	onConn   func(deviceID, moduleID string, connected bool)
 
 	// connections counts live connections per identity: a takeover connects the new connection
 	// before the old one disconnects, and the identity must stay Connected through it.
@@ -54,6 +62,11 @@ type Config struct {
 	Log      TelemetryLog
 	Logger   *slog.Logger
 	Now      func() time.Time
+	// Router decides where messages go; nil sends everything to the built-in endpoint.
+	Router Router
+	// OnConnectionChange is told when an identity's first connection comes up and its last one
+	// goes down (DeviceConnectionStateEvents); nil = nobody.
+	OnConnectionChange func(deviceID, moduleID string, connected bool)
 }
 
 // New returns a Hub over the given parts.
@@ -64,7 +77,8 @@ func New(c Config) *Hub {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	return &Hub{auth: c.Auth, activity: c.Activity, log: c.Log, logger: c.Logger, now: c.Now, connections: make(map[identityKey]int)}
+	return &Hub{auth: c.Auth, activity: c.Activity, log: c.Log, logger: c.Logger, now: c.Now, router: c.Router,
+		onConn: c.OnConnectionChange, connections: make(map[identityKey]int)}
 }
 
 // Origin is who sent a message and how: the authenticated identity plus connection facts
@@ -90,9 +104,13 @@ func (h *Hub) Connected(ctx context.Context, id auth.DeviceIdentity) {
 	k := identityKey{id.DeviceID, id.ModuleID}
 	h.mu.Lock()
 	h.connections[k]++
+	first := h.connections[k] == 1
 	h.mu.Unlock()
 	if err := h.activity.SetConnectionState(ctx, id.DeviceID, id.ModuleID, true, h.now()); err != nil {
 		h.logger.Warn("record connection state", "device", id.DeviceID, "module", id.ModuleID, "err", err)
+	}
+	if first && h.onConn != nil {
+		h.onConn(id.DeviceID, id.ModuleID, true)
 	}
 }
 
@@ -112,12 +130,16 @@ func (h *Hub) Disconnected(ctx context.Context, id auth.DeviceIdentity) {
 	if err := h.activity.SetConnectionState(ctx, id.DeviceID, id.ModuleID, false, h.now()); err != nil {
 		h.logger.Warn("record connection state", "device", id.DeviceID, "module", id.ModuleID, "err", err)
 	}
+	if h.onConn != nil {
+		h.onConn(id.DeviceID, id.ModuleID, false)
+	}
 }
 
 // Submit validates msg, stamps the sender's identity over anything the device claimed, and
 // enqueues it for the telemetry log in the order Submit is called. The message is durable once
 // the returned Pending's Wait returns nil. Validation errors wrap message.ErrInvalid or
-// message.ErrTooLarge and nothing is stored.
+// message.ErrTooLarge and nothing is stored. The routing decision is made here, once, and
+// stored with the message; a message routed to no endpoint is still stored (and acknowledged).
 func (h *Hub) Submit(ctx context.Context, from Origin, msgs ...*message.Message) (*telemetry.Pending, error) {
 	now := h.now().UTC()
 	records := make([][]byte, 0, len(msgs))
@@ -126,6 +148,9 @@ func (h *Hub) Submit(ctx context.Context, from Origin, msgs ...*message.Message)
 			return nil, err
 		}
 		h.stamp(msg, from, now)
+		if h.router != nil {
+			msg.Routing = h.router.Route(msg)
+		}
 		data, err := msg.MarshalBinary()
 		if err != nil {
 			return nil, fmt.Errorf("encode message from %s: %w", from.Identity.DeviceID, err)
@@ -140,6 +165,29 @@ func (h *Hub) Submit(ctx context.Context, from Origin, msgs ...*message.Message)
 	}
 	h.activity.RecordActivity(from.Identity.DeviceID, from.Identity.ModuleID, now)
 	return p, nil
+}
+
+// Publish routes a message the hub generated (a hub event, spec 8.6: Source, identity and
+// enqueued time already set) and enqueues it for the telemetry log in the identity's partition,
+// only if some endpoint receives it. It does not wait for durability.
+func (h *Hub) Publish(ctx context.Context, msg *message.Message) error {
+	if h.router != nil {
+		msg.Routing = h.router.Route(msg)
+		if msg.Routing != nil && len(msg.Routing.Endpoints) == 0 {
+			return nil
+		}
+	}
+	if msg.EnqueuedTime.IsZero() {
+		msg.EnqueuedTime = h.now().UTC()
+	}
+	data, err := msg.MarshalBinary()
+	if err != nil {
+		return fmt.Errorf("encode %s event for %s: %w", msg.Source, msg.ConnectionDeviceID, err)
+	}
+	if _, err := h.log.Submit(ctx, msg.ConnectionDeviceID, msg.EnqueuedTime, data); err != nil {
+		return fmt.Errorf("submit %s event for %s: %w", msg.Source, msg.ConnectionDeviceID, err)
+	}
+	return nil
 }
 
 // stamp sets the anti-spoofing properties (spec 2.7).

@@ -21,6 +21,9 @@ const MaxIDLength = 128
 // Sources of messages, as stamped in iothub-message-source.
 const (
 	SourceTelemetry = "Telemetry"
+	// Hub events (spec 8.6), stamped on messages the hub itself generates.
+	SourceDeviceLifecycleEvents       = "deviceLifecycleEvents"
+	SourceDeviceConnectionStateEvents = "deviceConnectionStateEvents"
 )
 
 // Sentinel errors callers branch on to pick the protocol's error (HTTP status, MQTT disconnect).

@@ -115,6 +115,7 @@ type conn struct {
 	outbound map[uint16]func(error) // C2D publishes awaiting the device's PUBACK
 	ended    bool
 	ackers   sync.WaitGroup
+	ackBuf   []byte // PUBACKs written together; owned by the running acker
 }
 
 func newConn(ctx context.Context, s *Server, nc net.Conn, transport string) *conn {
@@ -589,9 +590,24 @@ func (c *conn) enqueueAck(id uint16, r Receipt) {
 	}
 }
 
+// maxAckBatch bounds the PUBACKs that leave in one write.
+const maxAckBatch = 32
+
+// settled is a context that is already done: Receipt.Wait with it reports without blocking
+// whether a receipt is durable (an error, including the context's own, means "not yet").
+var settled = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
 // ackLoop waits for the pending publishes to become durable, oldest first, and PUBACKs each:
 // acknowledgements leave in arrival order even when durability completes out of order. It
 // exits when nothing is pending.
+//
+// One group commit of the log usually makes several of a connection's publishes durable at
+// once; the PUBACKs of those that are already durable when the oldest one is leave in the same
+// write (one syscall and one TCP segment instead of one each).
 func (c *conn) ackLoop() {
 	defer c.ackers.Done()
 	defer func() {
@@ -603,6 +619,7 @@ func (c *conn) ackLoop() {
 			c.mu.Unlock()
 		}
 	}()
+	var next [maxAckBatch]pendingAck
 	for {
 		c.mu.Lock()
 		if len(c.queue) == 0 {
@@ -610,12 +627,16 @@ func (c *conn) ackLoop() {
 			c.mu.Unlock()
 			return
 		}
-		p := c.queue[0]
+		k := copy(next[:], c.queue)
 		c.mu.Unlock()
 
-		err := p.r.Wait(c.ctx)
+		err := next[0].r.Wait(c.ctx)
+		n := 1
 		if err == nil {
-			err = c.writeShort(packets.Puback<<4, 2, byte(p.id>>8), byte(p.id))
+			for n < k && next[n].r.Wait(settled) == nil {
+				n++
+			}
+			err = c.writeAcks(next[:n])
 			if err != nil {
 				c.close(reasonNetwork, err)
 			}
@@ -623,21 +644,38 @@ func (c *conn) ackLoop() {
 			// No MQTT 3.1.1 error channel: closing without PUBACK makes the device resend.
 			c.close(reasonRefused, fmt.Errorf("%w: not stored: %w", errRefused, err))
 		}
+		clear(next[:k])
 		c.mu.Lock()
 		if err != nil {
 			c.acking = false
 			c.mu.Unlock()
 			return
 		}
-		n := copy(c.queue, c.queue[1:])
-		c.queue[n] = pendingAck{}
-		c.queue = c.queue[:n]
+		m := copy(c.queue, c.queue[n:])
+		clear(c.queue[m:])
+		c.queue = c.queue[:m]
 		c.mu.Unlock()
 		select {
 		case c.space <- struct{}{}:
 		default:
 		}
 	}
+}
+
+// writeAcks sends the PUBACKs of acks in one write. Only the acker calls it.
+func (c *conn) writeAcks(acks []pendingAck) error {
+	if len(acks) == 1 {
+		return c.writeShort(packets.Puback<<4, 2, byte(acks[0].id>>8), byte(acks[0].id))
+	}
+	// Allocated on first use: connections that never pipeline never pay for it.
+	if c.ackBuf == nil {
+		c.ackBuf = make([]byte, 0, 4*maxAckBatch)
+	}
+	b := c.ackBuf[:0]
+	for _, a := range acks {
+		b = append(b, packets.Puback<<4, 2, byte(a.id>>8), byte(a.id))
+	}
+	return c.write(b)
 }
 
 func (c *conn) handleSubscribe(fh packets.FixedHeader, body []byte) error {

@@ -84,6 +84,12 @@ func (r *Registry) UpdateDevice(ctx context.Context, d Device, ifMatch string) (
 		cur.Capabilities = next.Capabilities
 		cur.DeviceScope = next.DeviceScope
 		cur.ParentScopes = next.ParentScopes
+		if next.Tags != nil {
+			cur.Tags = next.Tags
+			if len(cur.Tags) == 0 {
+				cur.Tags = nil
+			}
+		}
 		return nil
 	})
 }
@@ -259,6 +265,9 @@ func validateDevice(d *Device, defStatus Status, prevAuth *Authentication) error
 	}
 	if len(d.StatusReason) > 128 {
 		return fmt.Errorf("%w: statusReason longer than 128 characters", ErrInvalidArgument)
+	}
+	if err := validateTags(d.Tags); err != nil {
+		return err
 	}
 	return normalizeAuth(&d.Authentication, prevAuth)
 }

@@ -57,6 +57,28 @@ type Device struct {
 	Capabilities               Capabilities    `json:"capabilities"`
 	DeviceScope                string          `json:"deviceScope,omitempty"`
 	ParentScopes               []string        `json:"parentScopes,omitempty"`
+	// Tags are the device twin's tags (Tether keeps no other twin state): route conditions
+	// and enrichments read them as $twin.tags. On update, absent (null) tags are kept and an
+	// empty object clears them.
+	Tags map[string]any `json:"tags,omitempty"`
+}
+
+// MaxTagsSize is IoT Hub's limit for a twin's tags (spec 11.3), as JSON.
+const MaxTagsSize = 8 * 1024
+
+// validateTags bounds tags like IoT Hub.
+func validateTags(tags map[string]any) error {
+	if len(tags) == 0 {
+		return nil
+	}
+	b, err := json.Marshal(tags)
+	if err != nil {
+		return fmt.Errorf("%w: tags: %v", ErrInvalidArgument, err)
+	}
+	if len(b) > MaxTagsSize {
+		return fmt.Errorf("%w: tags are %d bytes of JSON, the limit is %d", ErrInvalidArgument, len(b), MaxTagsSize)
+	}
+	return nil
 }
 
 // MarshalJSON writes an empty statusReason as null, as IoT Hub does.

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/tetherhub/tether/internal/c2d"
 	"github.com/tetherhub/tether/internal/httpdevice"
 	"github.com/tetherhub/tether/internal/hub"
 	"github.com/tetherhub/tether/internal/mqtt"
@@ -18,15 +19,16 @@ import (
 const webSocketPath = "/$iothub/websocket"
 
 // httpsHandler composes the HTTPS listener as IoT Hub's port 443: MQTT over WebSocket, the
-// device API (telemetry; cloud-to-device through httpdevice.DeviceBound once it exists), and
+// device API (telemetry; cloud-to-device from the C2D queues), and
 // everything else for the service API.
 //
 // WebSocket connections are served by the same MQTT server as the TLS listener, so its
 // Shutdown drains and closes them too (http.Server.Shutdown does not track hijacked
 // connections). They run with a context that shutting down does not cancel, so the drain is
 // graceful rather than an abort.
-func httpsHandler(ctx context.Context, h *hub.Hub, mqttServer *mqtt.Server, svc http.Handler, logger *slog.Logger) http.Handler {
-	devices := httpdevice.New(httpdevice.Config{Hub: h, Logger: logger.With("component", "https-device")})
+func httpsHandler(ctx context.Context, h *hub.Hub, queues *c2d.Store, mqttServer *mqtt.Server, svc http.Handler, logger *slog.Logger) http.Handler {
+	devices := httpdevice.New(httpdevice.Config{Hub: h, Logger: logger.With("component", "https-device"),
+		DeviceBound: httpdevice.NewDeviceBound(queues, logger.With("component", "https-device"))})
 	ws := &wsconn.Handler{
 		Context: context.WithoutCancel(ctx),
 		Logger:  logger.With("component", "mqtt-ws"),

@@ -20,10 +20,13 @@ import (
 	bberrors "go.etcd.io/bbolt/errors"
 
 	"github.com/tetherhub/tether/internal/auth"
+	"github.com/tetherhub/tether/internal/c2d"
 	"github.com/tetherhub/tether/internal/certs"
+	"github.com/tetherhub/tether/internal/consumer"
 	"github.com/tetherhub/tether/internal/hub"
 	"github.com/tetherhub/tether/internal/mqtt"
 	"github.com/tetherhub/tether/internal/registry"
+	"github.com/tetherhub/tether/internal/routing"
 	"github.com/tetherhub/tether/internal/service"
 	"github.com/tetherhub/tether/internal/telemetry"
 )
@@ -47,12 +50,22 @@ type Config struct {
 	SegmentBytes   int64
 	MQTTAddr       string   // MQTT over TLS
 	MQTTTCPAddr    string   // plain MQTT, empty = off
-	HTTPSAddr      string   // service API (and later HTTPS devices and WebSocket)
+	HTTPSAddr      string   // service API, HTTPS device API, MQTT over WebSocket
 	HostNames      []string // names in the certificate and connection strings; the first is the primary
 	TLSCertFile    string   // operator certificate; empty = generated private CA
 	TLSKeyFile     string
 	ShutdownGrace  time.Duration
 	Logger         *slog.Logger
+
+	// RetentionInterval is how often retention runs (0 = the log's default, 1 minute).
+	RetentionInterval time.Duration
+	// MaxConsumerGroups caps the built-in endpoint's consumer groups (0 = 20, like IoT Hub).
+	MaxConsumerGroups int
+	// ConfigFile is the YAML configuration file (--config) whose routing section configures
+	// routing; "" = none. It is reloaded on SIGHUP and when it changes.
+	ConfigFile string
+	// C2D are the cloud-to-device settings; zero fields take IoT Hub's defaults.
+	C2D c2d.Settings
 }
 
 // Run describes a started hub; it is also the content of the run file.
@@ -115,6 +128,15 @@ func Serve(ctx context.Context, cfg Config, ready func(Started)) (err error) {
 	if err != nil {
 		return err
 	}
+	groups, err := consumer.Open(db, consumer.Options{MaxGroups: cfg.MaxConsumerGroups})
+	if err != nil {
+		return err
+	}
+	c2dStore, err := openC2D(db, reg, state.Name, cfg.C2D, logger.With("component", "c2d"))
+	if err != nil {
+		return err
+	}
+	defer c2dStore.Close() // before the metadata store closes
 
 	tlog, err := telemetry.Open(telemetry.Options{
 		Dir:          filepath.Join(cfg.DataDir, telemetryDir),
@@ -123,6 +145,8 @@ func Serve(ctx context.Context, cfg Config, ready func(Started)) (err error) {
 		Retention:    cfg.Retention,
 		MaxBytes:     cfg.RetentionBytes,
 		Logger:       logger.With("component", "telemetry"),
+
+		RetentionInterval: cfg.RetentionInterval,
 	})
 	if err != nil {
 		return fmt.Errorf("open telemetry log: %w", err)
@@ -135,9 +159,20 @@ func Serve(ctx context.Context, cfg Config, ready func(Started)) (err error) {
 	}()
 
 	authn := &auth.Authenticator{Identities: reg, Policies: state}
-	h := hub.New(hub.Config{Auth: authn, Activity: reg, Log: tlog, Logger: logger.With("component", "hub")})
+	// Routing: the decision is made at ingestion (hub.Submit) with the configuration in force.
+	router := routing.NewRouter(state.Name, routing.NewRegistryTags(reg))
+	routingMgr, err := routing.NewManager(ctx, routing.ManagerOptions{Router: router, ConfigFile: cfg.ConfigFile,
+		DataDir: cfg.DataDir, Logger: logger.With("component", "routing")})
+	if err != nil {
+		return err
+	}
+	hubEvents := &routing.Events{Router: router, Logger: logger.With("component", "routing")}
+	h := hub.New(hub.Config{Auth: authn, Activity: reg, Log: tlog, Logger: logger.With("component", "hub"),
+		Router: router, OnConnectionChange: hubEvents.ConnectionChanged})
+	hubEvents.Publisher = h
+	reg.OnChange(hubEvents.RegistryChanged)
 
-	mqttServer := mqtt.NewServer(mqttAdapter{hub: h}, mqtt.Options{Logger: logger.With("component", "mqtt")})
+	mqttServer := mqtt.NewServer(mqttAdapter{hub: h, c2d: c2dStore, logger: logger.With("component", "c2d")}, mqtt.Options{Logger: logger.With("component", "mqtt")})
 	// IoT Hub closes the connections of an identity that is disabled or deleted.
 	reg.OnChange(func(ev registry.ChangeEvent) {
 		revoked := ev.Op == registry.Deleted ||
@@ -146,7 +181,8 @@ func Serve(ctx context.Context, cfg Config, ready func(Started)) (err error) {
 			mqttServer.Disconnect(ev.DeviceID, ev.ModuleID)
 		}
 	})
-	svc := service.New(service.Config{Auth: authn, Registry: reg, Log: tlog, Logger: logger.With("component", "service")})
+	svc := service.New(service.Config{Auth: authn, Registry: reg, Log: tlog, ConsumerGroups: groups, Logger: logger.With("component", "service"),
+		Routing: routingMgr, C2D: c2dStore, CloudToDeviceMessageCount: c2dCount(c2dStore)})
 
 	var listeners []net.Listener
 	closeAll := func() {
@@ -182,7 +218,7 @@ func Serve(ctx context.Context, cfg Config, ready func(Started)) (err error) {
 	}
 
 	httpServer := &http.Server{
-		Handler:           svc,
+		Handler:           httpsHandler(ctx, h, c2dStore, mqttServer, svc, logger),
 		ReadHeaderTimeout: 30 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.With("component", "https").Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return ctx },
@@ -194,6 +230,7 @@ func Serve(ctx context.Context, cfg Config, ready func(Started)) (err error) {
 	go func() { errc <- mqttServer.Serve(serveCtx, mqttLn, "mqtt") }()
 	// Activity times are kept in memory and persisted periodically, never per message.
 	go reg.Run(serveCtx, 5*time.Second, func(err error) { logger.Warn("persist device activity", "err", err) })
+	go routingMgr.Watch(serveCtx, 2*time.Second)
 	if mqttTCPLn != nil {
 		go func() { errc <- mqttServer.Serve(serveCtx, mqttTCPLn, "mqtt") }()
 	}

@@ -19,6 +19,7 @@ func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) {
 		s.writeStoreError(w, r, err)
 		return
 	}
+	s.deviceC2DCount(r.Context(), &d)
 	writeDevice(w, http.StatusOK, d)
 }
 
@@ -53,6 +54,7 @@ func (s *Server) putDevice(w http.ResponseWriter, r *http.Request) {
 		s.writeStoreError(w, r, err)
 		return
 	}
+	s.deviceC2DCount(r.Context(), &out)
 	writeDevice(w, status, out)
 }
 
@@ -82,6 +84,9 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
 	}
 	if devices == nil {
 		devices = []registry.Device{}
+	}
+	for i := range devices {
+		s.deviceC2DCount(r.Context(), &devices[i])
 	}
 	writeJSON(w, http.StatusOK, devices)
 }

@@ -9,11 +9,13 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
 
 	"github.com/tetherhub/tether/api"
+	"github.com/tetherhub/tether/internal/consumer"
 	"github.com/tetherhub/tether/internal/message"
 	"github.com/tetherhub/tether/internal/telemetry"
 )
@@ -54,18 +56,68 @@ func partitionInfo(info telemetry.PartitionInfo) api.PartitionInfo {
 
 // streamEvents streams the built-in endpoint as newline-delimited JSON events (api.Event).
 // Query: from=start|end|<sequenceNumber>|<RFC 3339 time> (default end), partition=<n> (default
-// all, or the device's partition with device=), device=<id> (only that device's messages).
+// all, or the device's partition with device=), device=<id> (only that device's messages),
+// consumerGroup=<name> (default $Default; 404 if it does not exist), resume=true (start each
+// partition after the group's checkpoint; from= applies to partitions without one).
+// If the stream fails after it started (a reader overtaken by retention), its last line is an
+// api.StreamError.
+//
+// The built-in endpoint is the log filtered by the routing decision stored with each message:
+// records not routed to "events" are skipped, so sequence numbers have gaps once routes exist.
+// Enrichments configured for "events" are stamped as the events are read. raw=true (needs
+// RoutingAdmin) streams the log unfiltered and unenriched, every event with its matched routes
+// and endpoints: the tap before routing.
 func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	device := q.Get("device")
+	raw, err := parseBool(q.Get("raw"))
+	if err != nil {
+		s.writeError(w, r, http.StatusBadRequest, "ArgumentInvalid", "raw: "+err.Error())
+		return
+	}
+	if raw {
+		if _, err := s.auth.AuthenticateService(r.Context(), r.Header.Get("Authorization"), strings.TrimPrefix(r.URL.Path, "/"), RoutingAdmin); err != nil {
+			s.writeError(w, r, http.StatusUnauthorized, "IotHubUnauthorizedAccess", "raw=true reads every endpoint's messages: "+err.Error())
+			return
+		}
+	}
 	partitions, err := s.selectPartitions(q.Get("partition"), device)
 	if err != nil {
 		s.writeError(w, r, http.StatusBadRequest, "ArgumentInvalid", err.Error())
 		return
 	}
+	resume, err := parseBool(q.Get("resume"))
+	if err != nil {
+		s.writeError(w, r, http.StatusBadRequest, "ArgumentInvalid", err.Error())
+		return
+	}
+	group := q.Get("consumerGroup")
+	if group == "" {
+		group = consumer.DefaultGroup
+	}
+	var resumeAt map[int]int64
+	if s.groups != nil {
+		if _, err := s.groups.Group(r.Context(), group); err != nil {
+			s.writeGroupError(w, r, err)
+			return
+		}
+		if resume {
+			if resumeAt, err = s.resumePositions(r.Context(), group); err != nil {
+				s.writeGroupError(w, r, err)
+				return
+			}
+		}
+	} else if resume || group != consumer.DefaultGroup {
+		s.haveGroups(w, r)
+		return
+	}
 	starts := make([]int64, len(partitions))
 	for i, p := range partitions {
-		starts[i], err = s.startSequence(p, q.Get("from"))
+		if seq, ok := resumeAt[p]; ok {
+			starts[i], err = s.resumeSequence(group, p, seq)
+		} else {
+			starts[i], err = s.startSequence(p, q.Get("from"))
+		}
 		if err != nil {
 			s.writeError(w, r, http.StatusBadRequest, "ArgumentInvalid", err.Error())
 			return
@@ -88,21 +140,27 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- s.tailPartition(ctx, p, starts[i], device, out)
+			errs <- s.tailPartition(ctx, p, starts[i], device, raw, out)
 		}()
 	}
 	heartbeat := time.NewTicker(heartbeatInterval)
 	defer heartbeat.Stop()
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
+	var failed error
 	for {
 		select {
 		case <-done:
+			if failed != nil {
+				// Said in the stream, so the reader learns why it ended instead of seeing EOF.
+				_ = out.streamError(failed)
+			}
 			return
 		case err := <-errs:
 			// One partition failing ends the stream: the client reconnects from where it was.
 			if err != nil && ctx.Err() == nil {
 				s.logger.Warn("event stream ended", "err", err)
+				failed = err
 				cancel()
 			}
 		case <-heartbeat.C:
@@ -157,15 +215,48 @@ func (s *Server) startSequence(p int, from string) (int64, error) {
 	return s.log.SeekTime(p, t)
 }
 
+// resumeSequence checks where a reader resuming after group's checkpoint in partition p starts.
+// Events the group has not read but retention removed are not skipped silently.
+func (s *Server) resumeSequence(group string, p int, seq int64) (int64, error) {
+	info, err := s.log.Info(p)
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case seq < info.First:
+		return 0, fmt.Errorf("consumer group %s: its checkpoint in partition %d is at sequence number %d, but the partition now begins at %d: "+
+			"events %d to %d were removed by retention before the group read them; to go on from the oldest retained event, read partition %d from=start without resume and commit a checkpoint",
+			group, p, seq-1, info.First, seq, info.First-1, p)
+	case seq > info.Last+1:
+		return 0, fmt.Errorf("consumer group %s: its checkpoint in partition %d is at sequence number %d, beyond the partition's last event %d", group, p, seq-1, info.Last)
+	}
+	return seq, nil
+}
+
+func parseBool(v string) (bool, error) {
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("%q is not true or false", v)
+	}
+	return b, nil
+}
+
 // tailPartition writes the partition's events from seq on until the request ends.
-func (s *Server) tailPartition(ctx context.Context, p int, seq int64, device string, out *eventWriter) error {
+func (s *Server) tailPartition(ctx context.Context, p int, seq int64, device string, raw bool, out *eventWriter) error {
 	for {
 		// Subscribe before reading so an append between the read and the wait is not missed.
 		notify := s.log.Notify(p)
 		records, err := s.log.Read(p, seq, readBatchRecords, readBatchBytes)
 		if errors.Is(err, telemetry.ErrBeforeRetained) {
 			// Retention overtook a slow reader: say so in the stream rather than skip silently.
-			return fmt.Errorf("partition %d: reader at %d fell behind retention: %w", p, seq, err)
+			first := "later"
+			if info, ierr := s.log.Info(p); ierr == nil {
+				first = "at " + strconv.FormatInt(info.First, 10)
+			}
+			return fmt.Errorf("partition %d: the reader fell behind retention: events from sequence number %d on were removed before it read them, and the partition now begins %s: %w", p, seq, first, err)
 		}
 		if err != nil {
 			return fmt.Errorf("read partition %d at %d: %w", p, seq, err)
@@ -181,9 +272,12 @@ func (s *Server) tailPartition(ctx context.Context, p int, seq int64, device str
 		batch := make([]api.Event, 0, len(records))
 		for _, rec := range records {
 			seq = rec.Sequence + 1
-			ev, err := eventFromRecord(rec)
+			ev, ok, err := s.builtInEvent(rec, raw)
 			if err != nil {
 				return err
+			}
+			if !ok {
+				continue
 			}
 			if device != "" && ev.DeviceID != device {
 				continue
@@ -196,12 +290,34 @@ func (s *Server) tailPartition(ctx context.Context, p int, seq int64, device str
 	}
 }
 
-// eventFromRecord decodes a telemetry record into its API shape.
-func eventFromRecord(rec telemetry.Record) (api.Event, error) {
+// builtInEvent decodes a record for the built-in endpoint: ok is false when the message was not
+// routed to it; the enrichments for "events" are applied. raw keeps every record as stored.
+func (s *Server) builtInEvent(rec telemetry.Record, raw bool) (ev api.Event, ok bool, err error) {
 	var m message.Message
 	if err := m.UnmarshalBinary(rec.Data); err != nil {
-		return api.Event{}, fmt.Errorf("decode record %d of partition %d: %w", rec.Sequence, rec.Partition, err)
+		return api.Event{}, false, fmt.Errorf("decode record %d of partition %d: %w", rec.Sequence, rec.Partition, err)
 	}
+	if raw {
+		ev = eventFromMessage(rec, &m)
+		ev.Endpoints = []string{}
+		if m.Routing == nil {
+			ev.Endpoints = []string{message.BuiltInEndpoint}
+		} else if len(m.Routing.Endpoints) > 0 {
+			ev.Endpoints = m.Routing.Endpoints
+		}
+		return ev, true, nil
+	}
+	if !m.ToEndpoint(message.BuiltInEndpoint) {
+		return api.Event{}, false, nil
+	}
+	if s.routing != nil {
+		s.routing.Router().Enrich(message.BuiltInEndpoint, &m)
+	}
+	return eventFromMessage(rec, &m), true, nil
+}
+
+// eventFromMessage is a decoded record in its API shape.
+func eventFromMessage(rec telemetry.Record, m *message.Message) api.Event {
 	ev := api.Event{
 		DeviceID:         m.ConnectionDeviceID,
 		ModuleID:         m.ConnectionModuleID,
@@ -210,6 +326,9 @@ func eventFromRecord(rec telemetry.Record) (api.Event, error) {
 		EnqueuedTime:     m.EnqueuedTime,
 		SystemProperties: make(map[string]string),
 		Properties:       m.Properties,
+	}
+	if m.Routing != nil {
+		ev.Routes = m.Routing.Routes
 	}
 	if ev.Properties == nil {
 		ev.Properties = map[string]string{}
@@ -223,7 +342,7 @@ func eventFromRecord(rec telemetry.Record) (api.Event, error) {
 	} else {
 		ev.BodyBase64 = base64.StdEncoding.EncodeToString(m.Body)
 	}
-	return ev, nil
+	return ev
 }
 
 // eventWriter serialises partition readers onto one response.
@@ -241,6 +360,23 @@ func (e *eventWriter) write(events []api.Event) error {
 		if err := enc.Encode(&events[i]); err != nil {
 			return fmt.Errorf("write event: %w", err)
 		}
+	}
+	return e.flushLocked()
+}
+
+// streamError writes the line that ends a failed stream.
+func (e *eventWriter) streamError(err error) error {
+	status, code := http.StatusInternalServerError, "ServerError"
+	if errors.Is(err, telemetry.ErrBeforeRetained) {
+		status, code = http.StatusBadRequest, "ArgumentInvalid"
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	line := struct {
+		Error api.StreamError `json:"error"`
+	}{api.StreamError{Status: status, ErrorBody: api.NewErrorBody(code, err.Error())}}
+	if err := json.NewEncoder(e.w).Encode(line); err != nil {
+		return err
 	}
 	return e.flushLocked()
 }

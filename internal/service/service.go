@@ -18,6 +18,7 @@ import (
 	"github.com/tetherhub/tether/api"
 	"github.com/tetherhub/tether/internal/auth"
 	"github.com/tetherhub/tether/internal/registry"
+	"github.com/tetherhub/tether/internal/routing"
 	"github.com/tetherhub/tether/internal/telemetry"
 )
 
@@ -42,6 +43,18 @@ type Config struct {
 	Registry *registry.Registry
 	Log      EventLog
 	Logger   *slog.Logger
+	// ConsumerGroups stores consumer groups and checkpoints; nil serves only $Default, without
+	// checkpoints.
+	ConsumerGroups ConsumerGroups
+	// CloudToDeviceMessageCount reports an identity's queued cloud-to-device messages for the
+	// cloudToDeviceMessageCount field (moduleID "" for a device); nil reports 0.
+	CloudToDeviceMessageCount func(ctx context.Context, deviceID, moduleID string) (int, error)
+	// Routing manages the routing configuration and enriches the built-in endpoint's messages;
+	// nil serves the default routing (everything to the built-in endpoint) and no routing API.
+	Routing *routing.Manager
+	// C2D is the cloud-to-device store (send, purge, feedback); nil serves none of its
+	// operations.
+	C2D C2DStore
 }
 
 // Server serves the service API.
@@ -51,6 +64,10 @@ type Server struct {
 	log      EventLog
 	logger   *slog.Logger
 	mux      *http.ServeMux
+	groups   ConsumerGroups
+	c2dCount func(ctx context.Context, deviceID, moduleID string) (int, error)
+	routing  *routing.Manager
+	c2d      C2DStore
 }
 
 // New returns a service API server.
@@ -58,7 +75,9 @@ func New(c Config) *Server {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{auth: c.Auth, registry: c.Registry, log: c.Log, logger: c.Logger, mux: http.NewServeMux()}
+	s := &Server{auth: c.Auth, registry: c.Registry, log: c.Log, logger: c.Logger, mux: http.NewServeMux(),
+		groups: c.ConsumerGroups, c2dCount: c.CloudToDeviceMessageCount, routing: c.Routing}
+	s.c2d = c.C2D
 	s.routes()
 	return s
 }
@@ -67,6 +86,10 @@ func New(c Config) *Server {
 func (s *Server) routes() {
 	s.eventRoutes()
 	s.deviceRoutes()
+	s.consumerGroupRoutes()
+	s.moduleRoutes()
+	s.routingRoutes()
+	s.c2dRoutes()
 }
 
 func (s *Server) eventRoutes() {
@@ -136,7 +159,7 @@ func (s *Server) writeStoreError(w http.ResponseWriter, r *http.Request, err err
 		status, code = http.StatusConflict, "ModuleAlreadyExistsOnDevice"
 	case errors.Is(err, registry.ErrPreconditionFailed):
 		status, code = http.StatusPreconditionFailed, "PreconditionFailed"
-	case errors.Is(err, registry.ErrInvalidID):
+	case errors.Is(err, registry.ErrInvalidArgument):
 		status, code = http.StatusBadRequest, "ArgumentInvalid"
 	}
 	if status == http.StatusInternalServerError {
