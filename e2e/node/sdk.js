@@ -3,6 +3,14 @@
 //   DEVICE_CONNECTION_STRING=... TRANSPORT=mqtt node sdk.js send '<json array of messages>'
 //   DEVICE_CONNECTION_STRING=... TRANSPORT=http node sdk.js sendBatch '<json array of messages>'
 //   DEVICE_CONNECTION_STRING=... node sdk.js open
+//   DEVICE_CONNECTION_STRING=... TRANSPORT=http node sdk.js receive '{"count":2,"settle":["abandon","complete"],"timeoutMs":20000}'
+//
+// receive listens for cloud-to-device messages until count arrived (or timeoutMs passed: then
+// ok is false with error "Timeout" and what arrived so far) and settles each with the next entry
+// of settle (the last one repeats; default complete). Over MQTT the SDK's PUBACK completes and
+// complete() is a no-op; reject/abandon exist only over HTTP. It prints "received": messageId,
+// correlationId, userId, to, expiryTimeUtc, contentType, contentEncoding, lockToken, properties
+// (an object) and data (UTF-8).
 //
 // Prints one JSON line: {"ok":true,...} or {"ok":false,"error":"<ErrorName>","message":"..."}.
 // The hub's CA is trusted through NODE_EXTRA_CA_CERTS, exactly as a user would.
@@ -34,9 +42,56 @@ function toMessage(m) {
   return msg;
 }
 
+function describe(msg) {
+  const properties = {};
+  for (const p of (msg.properties && msg.properties.propertyList) || []) properties[p.key] = p.value;
+  return {
+    messageId: msg.messageId, correlationId: msg.correlationId, userId: msg.userId, to: msg.to,
+    expiryTimeUtc: msg.expiryTimeUtc ? String(msg.expiryTimeUtc) : undefined,
+    contentType: msg.contentType, contentEncoding: msg.contentEncoding, lockToken: msg.lockToken,
+    properties, data: msg.data ? Buffer.from(msg.data).toString('utf8') : '',
+  };
+}
+
+function receive(client, opts) {
+  const count = opts.count || 1;
+  const settle = opts.settle && opts.settle.length ? opts.settle : ['complete'];
+  const received = [];
+  return new Promise((resolve, reject) => {
+    let done = false;
+    const finish = (err) => {
+      if (done) return;
+      done = true;
+      client.removeListener('message', onMessage);
+      clearTimeout(timer);
+      if (err) {
+        err.received = received;
+        reject(err);
+      } else {
+        resolve(received);
+      }
+    };
+    const timer = setTimeout(() => {
+      const err = new Error('received ' + received.length + ' of ' + count + ' messages');
+      err.name = 'Timeout';
+      finish(err);
+    }, opts.timeoutMs || 30000);
+    const onMessage = (msg) => {
+      if (done) return;
+      const how = settle[Math.min(received.length, settle.length - 1)];
+      received.push(describe(msg));
+      client[how](msg).then(() => {
+        if (received.length >= count) finish();
+      }, finish);
+    };
+    client.on('message', onMessage);
+  });
+}
+
 function fail(err) {
   const inner = err && err.transportError ? err.transportError.message : undefined;
-  console.log(JSON.stringify({ ok: false, error: err && err.constructor ? err.constructor.name : 'Error', message: String(err && err.message), inner }));
+  const error = err && err.name === 'Timeout' ? 'Timeout' : err && err.constructor ? err.constructor.name : 'Error';
+  console.log(JSON.stringify({ ok: false, error, message: String(err && err.message), inner, received: err && err.received }));
   process.exit(1);
 }
 
@@ -57,6 +112,8 @@ async function main() {
     const messages = JSON.parse(arg).map(toMessage);
     await client.sendEventBatch(messages);
     out.sent = messages.length;
+  } else if (cmd === 'receive') {
+    out.received = await receive(client, JSON.parse(arg || '{}'));
   } else if (cmd !== 'open') {
     throw new Error('unknown command ' + cmd);
   }

@@ -41,6 +41,7 @@ type CLI struct {
 	HubCmd  HubCmd     `cmd:"" name:"hub" help:"Hub settings and connection strings."`
 	Device  DeviceCmd  `cmd:"" help:"Manage device identities."`
 	Monitor MonitorCmd `cmd:"" help:"Print messages arriving at the built-in endpoint."`
+	C2D     C2DCmd     `cmd:"" name:"c2d" help:"Cloud-to-device messages: send, purge, read delivery feedback."`
 	Route   RouteCmd   `cmd:"" help:"Manage message routing: routes, custom endpoints, enrichments; test conditions."`
 
 	ConsumerGroup ConsumerGroupCmd `cmd:"" name:"consumer-group" help:"Manage consumer groups of the built-in endpoint."`

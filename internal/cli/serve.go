@@ -27,6 +27,8 @@ type ServeCmd struct {
 
 	RetentionInterval time.Duration `name:"retention-interval" env:"TETHER_RETENTION_INTERVAL" default:"1m" help:"How often telemetry past retention is removed."`
 	MaxConsumerGroups int           `name:"max-consumer-groups" env:"TETHER_MAX_CONSUMER_GROUPS" default:"20" help:"Most consumer groups of the built-in endpoint, $Default included."`
+
+	C2D C2DSettingsFlags `embed:""`
 }
 
 // Run starts the hub and blocks until SIGINT or SIGTERM.
@@ -60,6 +62,7 @@ func (s *ServeCmd) Run(env *Env, c *CLI) error {
 
 		RetentionInterval: s.RetentionInterval,
 		MaxConsumerGroups: s.MaxConsumerGroups,
+		C2D:               s.C2D.settings(),
 		ConfigFile:        string(c.Config),
 	}
 	return server.Serve(env.ctx, cfg, func(st server.Started) {

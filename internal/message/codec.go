@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -40,7 +41,14 @@ func (m *Message) AppendBinary(b []byte) ([]byte, error) {
 	}
 	b = binary.AppendVarint(b, nanos)
 	b = binary.AppendUvarint(b, uint64(len(m.Properties)))
-	for _, k := range m.SortedPropertyNames() {
+	// Sorted names on the stack for the usual handful of properties: no allocation per message.
+	var small [16]string
+	names := small[:0]
+	for k := range m.Properties {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	for _, k := range names {
 		b = appendString(b, k)
 		b = appendString(b, m.Properties[k])
 	}
@@ -65,7 +73,29 @@ func appendStrings(b []byte, ss []string) []byte {
 
 // MarshalBinary implements encoding.BinaryMarshaler.
 func (m *Message) MarshalBinary() ([]byte, error) {
-	return m.AppendBinary(make([]byte, 0, 128+len(m.Body)))
+	return m.AppendBinary(make([]byte, 0, m.encodedSize()))
+}
+
+// encodedSize is an upper bound of the encoding's length, so MarshalBinary allocates once.
+func (m *Message) encodedSize() int {
+	const lenMax = binary.MaxVarintLen64
+	n := 1 + lenMax + lenMax + lenMax + len(m.Body) + 1
+	for _, f := range m.stringFields() {
+		n += lenMax + len(*f)
+	}
+	for k, v := range m.Properties {
+		n += 2*lenMax + len(k) + len(v)
+	}
+	if r := m.Routing; r != nil {
+		n += 2 * lenMax
+		for _, s := range r.Routes {
+			n += lenMax + len(s)
+		}
+		for _, s := range r.Endpoints {
+			n += lenMax + len(s)
+		}
+	}
+	return n
 }
 
 func appendString(b []byte, s string) []byte {

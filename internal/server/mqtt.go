@@ -53,6 +53,7 @@ type mqttDevice struct {
 	mu      sync.Mutex
 	ended   bool
 	stopC2D context.CancelFunc // non-nil while a delivery loop runs
+	busy    sync.WaitGroup     // the delivery loop and settlements in progress
 }
 
 func (d *mqttDevice) DeviceID() string  { return d.origin.Identity.DeviceID }
@@ -68,6 +69,15 @@ func (d *mqttDevice) Submit(ctx context.Context, msg *message.Message) (mqtt.Rec
 }
 
 func (d *mqttDevice) Disconnected(graceful bool) {
+	d.endC2D()
+	d.hub.Disconnected(context.Background(), d.origin.Identity)
+}
+
+// endC2D stops the delivery loop for good and waits until it has stopped and every delivery
+// is settled: the MQTT server has failed the unacknowledged publishes before Disconnected, so
+// their messages are back in the queue when this returns. A connection that takes over waits
+// for Disconnected, so it receives them first, in order.
+func (d *mqttDevice) endC2D() {
 	d.mu.Lock()
 	d.ended = true
 	if d.stopC2D != nil {
@@ -75,7 +85,7 @@ func (d *mqttDevice) Disconnected(graceful bool) {
 		d.stopC2D = nil
 	}
 	d.mu.Unlock()
-	d.hub.Disconnected(context.Background(), d.origin.Identity)
+	d.busy.Wait()
 }
 
 type receipt struct{ p *telemetry.Pending }
@@ -125,7 +135,11 @@ func (d *mqttDevice) C2DSubscribed(out mqtt.Outbound) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d.stopC2D = cancel
-	go d.deliver(ctx, out)
+	d.busy.Add(1)
+	go func() {
+		defer d.busy.Done()
+		d.deliver(ctx, out)
+	}()
 }
 
 // C2DUnsubscribed implements mqtt.C2DListener. Messages already published stay locked until
@@ -162,7 +176,11 @@ func (d *mqttDevice) deliver(ctx context.Context, out mqtt.Outbound) {
 		err := out.Publish(ctx, c2dTopic(dev, m), m.Body, func(err error) {
 			lapse.Stop()
 			free()
-			go d.settle(dev, token, err)
+			d.busy.Add(1) // before Disconnected: the server fails publishes before it calls it
+			go func() {
+				defer d.busy.Done()
+				d.settle(dev, token, err)
+			}()
 		})
 		if err == nil {
 			continue

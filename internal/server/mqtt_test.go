@@ -121,7 +121,7 @@ func TestMQTTC2DDeliveryCompletesAndReleases(t *testing.T) {
 		}
 	}
 	newDevice := func() *mqttDevice {
-		return &mqttDevice{hub: hub.New(hub.Config{}), origin: hub.Origin{Identity: auth.DeviceIdentity{DeviceID: "dev1"}},
+		return &mqttDevice{origin: hub.Origin{Identity: auth.DeviceIdentity{DeviceID: "dev1"}},
 			c2d: store, logger: slog.New(slog.DiscardHandler)}
 	}
 
@@ -143,7 +143,7 @@ func TestMQTTC2DDeliveryCompletesAndReleases(t *testing.T) {
 	waitFor(t, "the completion", func() bool { return store.PendingCount("dev1") == c2dInflight+1 })
 	// The connection ends with c2dInflight messages unacknowledged: they are released.
 	out.end()
-	d.Disconnected(false)
+	d.endC2D()
 
 	// A new connection gets them at once, in order, starting with "b".
 	d2 := newDevice()
@@ -169,5 +169,5 @@ func TestMQTTC2DDeliveryCompletesAndReleases(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "all completed", func() bool { return store.PendingCount("dev1") == 0 })
-	d2.Disconnected(true)
+	d2.endC2D()
 }

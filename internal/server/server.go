@@ -27,6 +27,7 @@ import (
 	"github.com/tetherhub/tether/internal/mqtt"
 	"github.com/tetherhub/tether/internal/registry"
 	"github.com/tetherhub/tether/internal/routing"
+	"github.com/tetherhub/tether/internal/routing/endpoint"
 	"github.com/tetherhub/tether/internal/service"
 	"github.com/tetherhub/tether/internal/telemetry"
 )
@@ -161,8 +162,16 @@ func Serve(ctx context.Context, cfg Config, ready func(Started)) (err error) {
 	authn := &auth.Authenticator{Identities: reg, Policies: state}
 	// Routing: the decision is made at ingestion (hub.Submit) with the configuration in force.
 	router := routing.NewRouter(state.Name, routing.NewRegistryTags(reg))
+	// Custom endpoints are fed from the log by durable cursors, so a slow or dead endpoint never
+	// holds up ingestion. Closed before the log (defers run in reverse).
+	dispatcher, err := endpoint.NewDispatcher(endpoint.Config{Log: tlog, DB: db, Enrich: router.Enrich,
+		HubName: state.Name, Logger: logger.With("component", "endpoints")})
+	if err != nil {
+		return fmt.Errorf("start endpoint delivery: %w", err)
+	}
+	defer dispatcher.Close()
 	routingMgr, err := routing.NewManager(ctx, routing.ManagerOptions{Router: router, ConfigFile: cfg.ConfigFile,
-		DataDir: cfg.DataDir, Logger: logger.With("component", "routing")})
+		DataDir: cfg.DataDir, Dispatcher: dispatcher, Logger: logger.With("component", "routing")})
 	if err != nil {
 		return err
 	}

@@ -155,12 +155,11 @@ func (dl *deliverer) step(ctx context.Context) {
 			if len(batch) == 0 {
 				break
 			}
+			// Everything before the first undelivered message is delivered or not ours.
+			dl.setCommitted(batch[0].Sequence)
 		}
 		if ctx.Err() != nil {
 			// Stopping: what is left is delivered again from the cursor next time.
-			if pe != nil && pe.Done > 0 {
-				dl.setCommitted(batch[0].Sequence)
-			}
 			return
 		}
 		dl.failed(ctx, err)

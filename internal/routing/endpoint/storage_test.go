@@ -219,7 +219,13 @@ func TestStorageCommitsOnStop(t *testing.T) {
 	spec.Storage.BatchFrequencyInSeconds = 3600
 	e.apply(spec)
 	e.send(10, []string{"archive"}, "a")
-	waitFor(t, 5*time.Second, "staged", func() bool { open, _ := e.d.eps["archive"].sink.(stagedSink).Due(0); return open })
+	waitFor(t, 5*time.Second, "staged", func() bool {
+		e.d.mu.Lock()
+		sink := e.d.eps["archive"].sink.(stagedSink)
+		e.d.mu.Unlock()
+		open, _ := sink.Due(0)
+		return open
+	})
 	time.Sleep(50 * time.Millisecond)
 	if err := e.d.Close(); err != nil {
 		t.Fatal(err)
