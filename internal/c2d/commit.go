@@ -23,7 +23,6 @@ var errNoChange = errors.New("no change")
 type op struct {
 	fn   func(*txn) error
 	err  error
-	wake []string
 	done chan bool // true: lead the next commit; false: finished, err is set
 }
 

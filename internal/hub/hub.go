@@ -196,8 +196,27 @@ func (h *Hub) stamp(msg *message.Message, from Origin, now time.Time) {
 	msg.ConnectionDeviceID = id.DeviceID
 	msg.ConnectionModuleID = id.ModuleID
 	msg.ConnectionAuthGenerationID = id.GenerationID
-	msg.ConnectionAuthMethod = id.AuthMethodJSON()
+	msg.ConnectionAuthMethod = authMethodJSON(id)
 	msg.DataSchema = from.ModelID
 	msg.EnqueuedTime = now
 	msg.Source = message.SourceTelemetry
+}
+
+// The auth-method stamps of SAS identities: built once, not for every message.
+var sasAuthMethods = map[string]string{}
+
+func init() {
+	for _, scope := range []string{"device", "module", "hub"} {
+		sasAuthMethods[scope] = auth.DeviceIdentity{Scope: scope, Type: "sas", Issuer: "iothub"}.AuthMethodJSON()
+	}
+}
+
+// authMethodJSON is id.AuthMethodJSON() without an allocation for the usual identities.
+func authMethodJSON(id auth.DeviceIdentity) string {
+	if id.Type == "sas" && id.Issuer == "iothub" {
+		if s, ok := sasAuthMethods[id.Scope]; ok {
+			return s
+		}
+	}
+	return id.AuthMethodJSON()
 }

@@ -13,7 +13,7 @@ func benchMessage() *Message {
 		ContentType: "application/json", ContentEncoding: "utf-8", CreationTime: "2026-11-25T14:00:00.000Z",
 		ConnectionDeviceID: "bench-17", ConnectionAuthGenerationID: "638000000000000000",
 		ConnectionAuthMethod: `{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}`,
-		EnqueuedTime: time.Unix(1764079200, 123456789).UTC(), Source: SourceTelemetry,
+		EnqueuedTime:         time.Unix(1764079200, 123456789).UTC(), Source: SourceTelemetry,
 		Properties: map[string]string{"temperatureAlert": "false", "level": "normal", "app/x": "a b"},
 		Body:       make([]byte, 256),
 		Routing:    &Routing{Routes: []string{"$fallback"}, Endpoints: []string{"events"}},
