@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tetherhub/tether/internal/telemetry"
+	"github.com/tetherhub/tether/internal/testservice"
 )
 
 // BenchmarkDeliver measures catch-up throughput: 2000 messages (4 devices, 2 partitions, about
@@ -30,10 +31,10 @@ func BenchmarkDeliver(b *testing.B) {
 			return storageSpec("w", filepath.Join(e.dir, "c"), "avro", 64<<10)
 		},
 		"nats": func(b *testing.B, e *env) Spec {
-			return Spec{Name: "w", Type: TypeNATS, NATS: &NATSSpec{URL: startNATS(b), Subject: "bench.{deviceId}", Stream: "BENCH"}}
+			return Spec{Name: "w", Type: TypeNATS, NATS: &NATSSpec{URL: testservice.StartNATS(b), Subject: "bench.{deviceId}", Stream: "BENCH"}}
 		},
 		"postgres": func(b *testing.B, e *env) Spec {
-			return Spec{Name: "w", Type: TypePostgres, Postgres: &PostgresSpec{ConnectionString: startPostgres(b), Table: "bench_messages"}}
+			return Spec{Name: "w", Type: TypePostgres, Postgres: &PostgresSpec{ConnectionString: testservice.StartPostgres(b), Table: "bench_messages"}}
 		},
 	}
 	for _, name := range []string{"webhook", "webhook-batch", "storage-json", "storage-avro", "nats", "postgres"} {

@@ -17,12 +17,6 @@ import (
 	"github.com/tetherhub/tether/internal/telemetry"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	stopServices()
-	os.Exit(code)
-}
-
 func testLogger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))

@@ -1,5 +1,8 @@
 package endpoint
 
+// The NATS and PostgreSQL tests run against real servers that internal/testservice starts for
+// each test (scripts/install-test-services installs nats-server and PostgreSQL).
+
 import (
 	"context"
 	"encoding/json"
@@ -12,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tetherhub/tether/internal/telemetry"
+	"github.com/tetherhub/tether/internal/testservice"
 )
 
 // rewind moves every cursor of the endpoint back to 0 while the dispatcher is closed, as if it
@@ -28,7 +32,7 @@ func (e *env) rewind(name string) {
 }
 
 func TestNATSJetStream(t *testing.T) {
-	url := startNATS(t)
+	url := testservice.StartNATS(t)
 	e := newEnv(t, telemetry.Options{Partitions: 2})
 	spec := Spec{Name: "nats", Type: TypeNATS, Retry: fastRetry, NATS: &NATSSpec{
 		URL: url, Subject: "natstest.{deviceId}", Stream: "NATSTEST", MaxBatchSize: 8}}
@@ -101,7 +105,7 @@ func TestNATSJetStream(t *testing.T) {
 }
 
 func TestPostgres(t *testing.T) {
-	url := startPostgres(t)
+	url := testservice.StartPostgres(t)
 	e := newEnv(t, telemetry.Options{Partitions: 2})
 	spec := Spec{Name: "pg", Type: TypePostgres, Retry: fastRetry, Postgres: &PostgresSpec{
 		ConnectionString: url, Table: "public.pgtest_messages", MaxBatchSize: 16}}
