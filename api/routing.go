@@ -1,6 +1,9 @@
 package api
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"time"
+)
 
 // RoutingConfig is the hub's routing configuration as GET /configuration/routing returns it
 // and PUT accepts it: IoT Hub's routing properties (routes, fallbackRoute, enrichments) with
@@ -92,4 +95,20 @@ type RouteTestRoute struct {
 	Enabled  bool     `json:"enabled"`
 	Result   string   `json:"result"`
 	Notes    []string `json:"notes,omitempty"`
+}
+
+// EndpointHealth is a custom endpoint's delivery health, with IoT Hub's states (unknown,
+// healthy, degraded, unhealthy, dead), as GET /routing/endpoints returns it.
+type EndpointHealth struct {
+	Name          string    `json:"name"`
+	Type          string    `json:"type"`
+	State         string    `json:"state"`
+	LastError     string    `json:"lastError,omitempty"`
+	LastErrorTime time.Time `json:"lastErrorTime,omitzero"`
+	LastSuccess   time.Time `json:"lastSuccess,omitzero"`
+	// Lag is how many log records the endpoint's cursors are behind, over all partitions.
+	Lag       int64 `json:"lag"`
+	Delivered int64 `json:"delivered"`
+	Lost      int64 `json:"lost"`
+	Dropped   int64 `json:"dropped"`
 }

@@ -47,3 +47,10 @@ func (c *Client) TestRoute(ctx context.Context, req api.RouteTestRequest) (api.R
 	_, err := c.do(ctx, http.MethodPost, "/routing/test", nil, nil, req, &out)
 	return out, err
 }
+
+// EndpointHealth reports each custom endpoint's delivery health.
+func (c *Client) EndpointHealth(ctx context.Context) ([]api.EndpointHealth, error) {
+	var out []api.EndpointHealth
+	_, err := c.do(ctx, http.MethodGet, "/routing/endpoints", nil, nil, nil, &out)
+	return out, err
+}

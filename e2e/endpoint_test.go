@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tetherhub/tether/api"
 	"github.com/tetherhub/tether/internal/routing/endpoint"
 )
 
@@ -74,6 +75,13 @@ func TestWebhookEndpointThroughBinary(t *testing.T) {
 	c.Disconnect(100)
 
 	time.Sleep(time.Second) // deliveries fail meanwhile
+	var health []api.EndpointHealth
+	if err := json.Unmarshal([]byte(h.mustCLI("route", "health", "--json")), &health); err != nil {
+		t.Fatal(err)
+	}
+	if len(health) != 1 || health[0].Name != "alerts" || health[0].State == "healthy" || health[0].LastError == "" || health[0].Lag == 0 {
+		t.Errorf("health while the webhook fails = %+v, want alerts not healthy, with its error and a lag", health)
+	}
 	mu.Lock()
 	failing = false
 	mu.Unlock()
@@ -90,6 +98,12 @@ func TestWebhookEndpointThroughBinary(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
+	if err := json.Unmarshal([]byte(h.mustCLI("route", "health", "--json")), &health); err != nil {
+		t.Fatal(err)
+	}
+	if len(health) != 1 || health[0].State != "healthy" {
+		t.Errorf("health after recovery = %+v, want healthy", health)
+	}
 	if len(received) != 3 {
 		t.Fatalf("webhook received %d messages, want 3: %v", len(received), received)
 	}

@@ -16,10 +16,41 @@ import (
 
 // RouteCmd manages message routing (routes, fallback route, custom endpoints, enrichments).
 type RouteCmd struct {
-	List  RouteListCmd  `cmd:"" help:"Show the routing configuration in force."`
-	Set   RouteSetCmd   `cmd:"" help:"Replace the routing configuration with a YAML or JSON file (kept by the hub; it takes precedence over the configuration file's routing section)."`
-	Reset RouteResetCmd `cmd:"" help:"Drop the configuration set with 'route set': the hub's configuration file's routing section (or the default) is in force again."`
-	Test  RouteTestCmd  `cmd:"" help:"Test a condition, or the routes in force, against a sample message."`
+	List   RouteListCmd   `cmd:"" help:"Show the routing configuration in force."`
+	Set    RouteSetCmd    `cmd:"" help:"Replace the routing configuration with a YAML or JSON file (kept by the hub; it takes precedence over the configuration file's routing section)."`
+	Reset  RouteResetCmd  `cmd:"" help:"Drop the configuration set with 'route set': the hub's configuration file's routing section (or the default) is in force again."`
+	Test   RouteTestCmd   `cmd:"" help:"Test a condition, or the routes in force, against a sample message."`
+	Health RouteHealthCmd `cmd:"" help:"Show each custom endpoint's delivery health (IoT Hub's states) and how far behind it is."`
+}
+
+// RouteHealthCmd prints custom endpoint health.
+type RouteHealthCmd struct {
+	JSON bool `name:"json" help:"Print JSON."`
+}
+
+// Run prints the health of every custom endpoint.
+func (h *RouteHealthCmd) Run(env *Env, c *CLI) error {
+	t, err := c.connect()
+	if err != nil {
+		return err
+	}
+	health, err := t.client.EndpointHealth(env.ctx)
+	if err != nil {
+		return err
+	}
+	if h.JSON {
+		return printJSON(env, health)
+	}
+	if len(health) == 0 {
+		fmt.Fprintln(env.Stdout, "No custom endpoints.")
+		return nil
+	}
+	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ENDPOINT\tTYPE\tSTATE\tLAG\tDELIVERED\tLOST\tLAST ERROR")
+	for _, e := range health {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", e.Name, e.Type, e.State, e.Lag, e.Delivered, e.Lost, e.LastError)
+	}
+	return tw.Flush()
 }
 
 // RouteListCmd prints the configuration in force.

@@ -191,7 +191,7 @@ func Serve(ctx context.Context, cfg Config, ready func(Started)) (err error) {
 		}
 	})
 	svc := service.New(service.Config{Auth: authn, Registry: reg, Log: tlog, ConsumerGroups: groups, Logger: logger.With("component", "service"),
-		Routing: routingMgr, C2D: c2dStore, CloudToDeviceMessageCount: c2dCount(c2dStore)})
+		Routing: routingMgr, EndpointHealth: dispatcher.Health, C2D: c2dStore, CloudToDeviceMessageCount: c2dCount(c2dStore)})
 
 	var listeners []net.Listener
 	closeAll := func() {

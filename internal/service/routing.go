@@ -13,6 +13,7 @@ import (
 	"github.com/tetherhub/tether/internal/auth"
 	"github.com/tetherhub/tether/internal/message"
 	"github.com/tetherhub/tether/internal/routing"
+	"github.com/tetherhub/tether/internal/routing/endpoint"
 )
 
 // maxRoutingBody bounds a routing configuration or route test body (a test message carries up
@@ -37,6 +38,16 @@ func (s *Server) routingRoutes() {
 	s.mux.HandleFunc("PUT /configuration/routing", s.need(RoutingAdmin, s.putRouting))
 	s.mux.HandleFunc("DELETE /configuration/routing", s.need(RoutingAdmin, s.deleteRouting))
 	s.mux.HandleFunc("POST /routing/test", s.need(auth.ServiceConnect, s.testRoute))
+	s.mux.HandleFunc("GET /routing/endpoints", s.need(auth.ServiceConnect, s.endpointHealth))
+}
+
+// endpointHealth reports each custom endpoint's delivery health.
+func (s *Server) endpointHealth(w http.ResponseWriter, r *http.Request) {
+	out := []endpoint.EndpointHealth{}
+	if s.endpointHealthFn != nil {
+		out = append(out, s.endpointHealthFn()...)
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) haveRouting(w http.ResponseWriter, r *http.Request) bool {

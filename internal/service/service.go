@@ -19,6 +19,7 @@ import (
 	"github.com/tetherhub/tether/internal/auth"
 	"github.com/tetherhub/tether/internal/registry"
 	"github.com/tetherhub/tether/internal/routing"
+	"github.com/tetherhub/tether/internal/routing/endpoint"
 	"github.com/tetherhub/tether/internal/telemetry"
 )
 
@@ -52,6 +53,8 @@ type Config struct {
 	// Routing manages the routing configuration and enriches the built-in endpoint's messages;
 	// nil serves the default routing (everything to the built-in endpoint) and no routing API.
 	Routing *routing.Manager
+	// EndpointHealth reports the custom endpoints' delivery health (nil: none).
+	EndpointHealth func() []endpoint.EndpointHealth
 	// C2D is the cloud-to-device store (send, purge, feedback); nil serves none of its
 	// operations.
 	C2D C2DStore
@@ -68,6 +71,8 @@ type Server struct {
 	c2dCount func(ctx context.Context, deviceID, moduleID string) (int, error)
 	routing  *routing.Manager
 	c2d      C2DStore
+
+	endpointHealthFn func() []endpoint.EndpointHealth
 }
 
 // New returns a service API server.
@@ -78,6 +83,7 @@ func New(c Config) *Server {
 	s := &Server{auth: c.Auth, registry: c.Registry, log: c.Log, logger: c.Logger, mux: http.NewServeMux(),
 		groups: c.ConsumerGroups, c2dCount: c.CloudToDeviceMessageCount, routing: c.Routing}
 	s.c2d = c.C2D
+	s.endpointHealthFn = c.EndpointHealth
 	s.routes()
 	return s
 }
