@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
@@ -87,7 +88,8 @@ type WebhookSpec struct {
 
 // StorageSpec writes batches of messages to files, like IoT Hub's storage endpoint.
 type StorageSpec struct {
-	// Directory is the root the files go under (IoT Hub's container). Created if missing.
+	// Directory is the root the files go under (IoT Hub's container), an absolute path. Created
+	// if missing.
 	Directory string `json:"directory" yaml:"directory"`
 	// FileNameFormat is IoT Hub's fileNameFormat: all of {iothub} {partition} {YYYY} {MM} {DD}
 	// {HH} {mm}, in any order. Default DefaultFileNameFormat.
@@ -256,8 +258,12 @@ func (s Spec) Validate() error {
 		}
 	}
 	if st := s.Storage; st != nil && s.Type == TypeStorage {
-		if st.Directory == "" {
+		switch {
+		case st.Directory == "":
 			add("storage.directory", "required")
+		case !filepath.IsAbs(st.Directory):
+			// Relative to what? The hub's working directory is rarely what the author meant.
+			add("storage.directory", "must be an absolute path, not %q", st.Directory)
 		}
 		if f := st.FileNameFormat; f != "" {
 			for _, tok := range fileTokens {
