@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,8 +17,6 @@ import (
 
 	"github.com/tetherhub/tether/api"
 	"github.com/tetherhub/tether/client"
-	"github.com/tetherhub/tether/internal/auth"
-	"github.com/tetherhub/tether/internal/certs"
 )
 
 // c2dFlags make feedback arrive quickly in tests (IoT Hub batches for up to 15 s).
@@ -211,20 +208,9 @@ func waitCount(t *testing.T, h *hubProcess, id string, want int) {
 // messages arrive on the returned channel.
 func (h *hubProcess) pahoC2D(t *testing.T, deviceID, conn string) (paho.Client, chan paho.Message) {
 	t.Helper()
-	cs, err := auth.ParseConnectionString(conn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	token, err := auth.Sign("localhost/devices/"+deviceID, "", cs.SharedAccessKey, time.Now().Add(time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool, err := certs.Pool(h.caFile())
-	if err != nil {
-		t.Fatal(err)
-	}
+	token := deviceToken(t, deviceID, conn)
 	msgs := make(chan paho.Message, 100)
-	opts := paho.NewClientOptions().AddBroker("ssl://" + h.mqttAddr).SetTLSConfig(&tls.Config{RootCAs: pool, ServerName: "localhost"}).
+	opts := paho.NewClientOptions().AddBroker("ssl://" + h.mqttAddr).SetTLSConfig(h.tlsConfig(t)).
 		SetClientID(deviceID).SetUsername("localhost/" + deviceID + "/?api-version=2021-04-12").SetPassword(token).
 		SetProtocolVersion(4).SetCleanSession(false).SetAutoReconnect(false).SetConnectRetry(false).
 		SetAutoAckDisabled(true).SetOrderMatters(false).SetConnectTimeout(10 * time.Second)
@@ -343,19 +329,8 @@ func (h *hubProcess) httpsSettle(t *testing.T, deviceID, conn, method, suffix st
 
 func (h *hubProcess) deviceRequest(t *testing.T, deviceID, conn, method, path string) *http.Response {
 	t.Helper()
-	cs, err := auth.ParseConnectionString(conn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	token, err := auth.Sign("localhost/devices/"+deviceID, "", cs.SharedAccessKey, time.Now().Add(time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool, err := certs.Pool(h.caFile())
-	if err != nil {
-		t.Fatal(err)
-	}
-	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}}}
+	token := deviceToken(t, deviceID, conn)
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: h.tlsConfig(t)}}
 	sep := "?"
 	if strings.Contains(path, "?") {
 		sep = "&"

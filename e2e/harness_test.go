@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -18,6 +19,8 @@ import (
 	"time"
 
 	"github.com/tetherhub/tether/api"
+	"github.com/tetherhub/tether/internal/auth"
+	"github.com/tetherhub/tether/internal/certs"
 )
 
 // tetherBin is the binary under test, built once by TestMain.
@@ -151,6 +154,30 @@ func (h *hubProcess) kill() {
 }
 
 func (h *hubProcess) caFile() string { return filepath.Join(h.dataDir, "tls", "ca.pem") }
+
+// tlsConfig trusts the hub's CA for the name "localhost".
+func (h *hubProcess) tlsConfig(t *testing.T) *tls.Config {
+	t.Helper()
+	pool, err := certs.Pool(h.caFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{RootCAs: pool, ServerName: "localhost"}
+}
+
+// deviceToken signs an hour's SAS token for deviceID with the key of its connection string.
+func deviceToken(t *testing.T, deviceID, conn string) string {
+	t.Helper()
+	cs, err := auth.ParseConnectionString(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, err := auth.Sign("localhost/devices/"+deviceID, "", cs.SharedAccessKey, time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return token
+}
 
 // cli runs a tether client command against this hub and returns its stdout.
 func (h *hubProcess) cli(args ...string) (string, error) {

@@ -1,30 +1,19 @@
 package e2e
 
 import (
-	"crypto/tls"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
-
-	"github.com/tetherhub/tether/internal/auth"
-	"github.com/tetherhub/tether/internal/certs"
 )
 
 // mqttDevice connects an independent MQTT 3.1.1 client (Eclipse Paho) as a device the way the
 // Azure SDKs do: client id = device id, IoT Hub username, SAS token password, clean session off.
 func (h *hubProcess) mqttDevice(t *testing.T, deviceID, conn string, useTLS bool, onLost func(error)) (paho.Client, error) {
 	t.Helper()
-	cs, err := auth.ParseConnectionString(conn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	token, err := auth.Sign("localhost/devices/"+deviceID, "", cs.SharedAccessKey, time.Now().Add(time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
+	token := deviceToken(t, deviceID, conn)
 	opts := paho.NewClientOptions().
 		SetClientID(deviceID).
 		SetUsername("localhost/" + deviceID + "/?api-version=2021-04-12").
@@ -40,11 +29,7 @@ func (h *hubProcess) mqttDevice(t *testing.T, deviceID, conn string, useTLS bool
 		opts.SetConnectionLostHandler(func(_ paho.Client, err error) { onLost(err) })
 	}
 	if useTLS {
-		pool, err := certs.Pool(h.caFile())
-		if err != nil {
-			t.Fatal(err)
-		}
-		opts.AddBroker("ssl://" + h.mqttAddr).SetTLSConfig(&tls.Config{RootCAs: pool, ServerName: "localhost"})
+		opts.AddBroker("ssl://" + h.mqttAddr).SetTLSConfig(h.tlsConfig(t))
 	} else {
 		opts.AddBroker("tcp://" + h.tcpAddr)
 	}

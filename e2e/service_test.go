@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,19 +21,13 @@ import (
 
 	"github.com/tetherhub/tether/api"
 	"github.com/tetherhub/tether/client"
-	"github.com/tetherhub/tether/internal/auth"
-	"github.com/tetherhub/tether/internal/certs"
 )
 
 // serviceClient returns a Go service client for the hub signing with the named policy.
 func (h *hubProcess) serviceClient(t *testing.T, policy string) *client.Client {
 	t.Helper()
 	cs := strings.TrimSpace(h.mustCLI("hub", "connection-string", "--policy", policy))
-	pool, err := certs.Pool(h.caFile())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := client.New(cs, client.WithEndpoint("https://"+h.https), client.WithTLSConfig(&tls.Config{RootCAs: pool, ServerName: "localhost"}))
+	c, err := client.New(cs, client.WithEndpoint("https://"+h.https), client.WithTLSConfig(h.tlsConfig(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,16 +209,8 @@ func TestServicePermissionsThroughBinary(t *testing.T) {
 	}
 
 	// A device's own key signs a token the service API refuses.
-	cs, err := auth.ParseConnectionString(conn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	token, err := auth.Sign("localhost/devices/dev-1", "", cs.SharedAccessKey, time.Now().Add(time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool, _ := certs.Pool(h.caFile())
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}}}
+	token := deviceToken(t, "dev-1", conn)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: h.tlsConfig(t)}}
 	for _, path := range []string{"/devices/dev-1", "/messages/events?from=start", "/messages/events/partitions", "/messages/events/consumergroups"} {
 		req, _ := http.NewRequest(http.MethodGet, "https://"+h.https+path, nil)
 		req.Header.Set("Authorization", token)

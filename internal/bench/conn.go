@@ -238,6 +238,25 @@ func parseStamp(body string) (int64, bool) {
 	return v, err == nil && v > 0
 }
 
+// awaitPinging waits for ready while keeping the connection alive with ping; false once the
+// send period is stopped, the reader is dead or a ping fails.
+func awaitPinging[T any](ready <-chan T, keepAlive <-chan time.Time, ping func() bool, stop, dead <-chan struct{}) bool {
+	for {
+		select {
+		case <-ready:
+			return true
+		case <-keepAlive:
+			if !ping() {
+				return false
+			}
+		case <-stop:
+			return false
+		case <-dead:
+			return false
+		}
+	}
+}
+
 // maxBatch bounds how many publishes go into one write.
 const maxBatch = 64
 
@@ -287,20 +306,8 @@ func (c *conn) writeLoop(idx int) {
 		if pacer != nil {
 			if wait := pacer.Reserve(now); wait > 0 {
 				timer.Reset(time.Duration(min(wait, r.sendEnd-now)))
-			sleep:
-				for {
-					select {
-					case <-timer.C:
-						break sleep
-					case <-keepAlive.C:
-						if !ping() {
-							return
-						}
-					case <-r.stopSend:
-						return
-					case <-c.dead:
-						return
-					}
+				if !awaitPinging(timer.C, keepAlive.C, ping, r.stopSend, c.dead) {
+					return
 				}
 				if r.now() >= r.sendEnd {
 					return
@@ -309,20 +316,8 @@ func (c *conn) writeLoop(idx int) {
 		}
 		n := 1
 		if cfg.QoS == 1 {
-		acquire:
-			for {
-				select {
-				case <-c.window:
-					break acquire
-				case <-keepAlive.C:
-					if !ping() {
-						return
-					}
-				case <-r.stopSend:
-					return
-				case <-c.dead:
-					return
-				}
+			if !awaitPinging(c.window, keepAlive.C, ping, r.stopSend, c.dead) {
+				return
 			}
 			if pacer == nil {
 			more:

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/tetherhub/tether/internal/binenc"
 )
 
 // Record versions lead every stored value so the format can evolve without a migration.
@@ -51,14 +53,10 @@ func (c *content) encode() []byte {
 	b := make([]byte, 0, 64+len(c.Body))
 	b = append(b, contentVersion)
 	for _, s := range []string{c.MessageID, c.CorrelationID, c.UserID, c.ContentType, c.ContentEncoding, string(c.Ack), c.GenerationID} {
-		b = appendString(b, s)
+		b = binenc.AppendString(b, s)
 	}
 	b = binary.AppendVarint(b, unixNano(c.Enqueued))
-	b = binary.AppendUvarint(b, uint64(len(c.Properties)))
-	for _, k := range sortedNames(c.Properties) {
-		b = appendString(b, k)
-		b = appendString(b, c.Properties[k])
-	}
+	b = binenc.AppendStringMap(b, c.Properties)
 	b = binary.AppendUvarint(b, uint64(len(c.Body)))
 	return append(b, c.Body...)
 }
@@ -66,29 +64,19 @@ func (c *content) encode() []byte {
 // decodeContent decodes a stored message, copying everything out of data (which bbolt owns).
 func decodeContent(data []byte) (content, error) {
 	var c content
-	d := decoder{buf: data}
-	if v := d.byte(); d.err == nil && v != contentVersion {
+	d := binenc.NewDecoder(data, errCorrupt)
+	if v := d.Byte(); d.Err() == nil && v != contentVersion {
 		return c, fmt.Errorf("%w: unknown message version %d", errCorrupt, v)
 	}
 	var ack string
 	for _, p := range []*string{&c.MessageID, &c.CorrelationID, &c.UserID, &c.ContentType, &c.ContentEncoding, &ack, &c.GenerationID} {
-		*p = d.string()
+		*p = d.Str()
 	}
 	c.Ack = AckMode(ack)
-	c.Enqueued = fromNano(d.varint())
-	n := d.uvarint()
-	if n > uint64(len(d.buf)) { // each property takes at least two bytes
-		return c, fmt.Errorf("%w: %d properties in %d bytes", errCorrupt, n, len(d.buf))
-	}
-	if n > 0 {
-		c.Properties = make(map[string]string, n)
-	}
-	for i := uint64(0); i < n && d.err == nil; i++ {
-		k := d.string()
-		c.Properties[k] = d.string()
-	}
-	body := d.bytes()
-	if err := d.finish(); err != nil {
+	c.Enqueued = fromNano(d.Varint())
+	c.Properties = d.StringMap()
+	body := d.Bytes()
+	if err := d.Finish(); err != nil {
 		return c, err
 	}
 	if len(body) > 0 {
@@ -103,20 +91,20 @@ func (st *state) encode() []byte {
 	b = binary.AppendUvarint(b, uint64(st.DeliveryCount))
 	b = binary.AppendVarint(b, unixNano(st.Expiry))
 	b = binary.AppendVarint(b, unixNano(st.LockedUntil))
-	return appendString(b, st.LockToken)
+	return binenc.AppendString(b, st.LockToken)
 }
 
 func decodeState(data []byte) (state, error) {
 	var st state
-	d := decoder{buf: data}
-	if v := d.byte(); d.err == nil && v != stateVersion {
+	d := binenc.NewDecoder(data, errCorrupt)
+	if v := d.Byte(); d.Err() == nil && v != stateVersion {
 		return st, fmt.Errorf("%w: unknown state version %d", errCorrupt, v)
 	}
-	st.DeliveryCount = int(d.uvarint())
-	st.Expiry = fromNano(d.varint())
-	st.LockedUntil = fromNano(d.varint())
-	st.LockToken = d.string()
-	return st, d.finish()
+	st.DeliveryCount = int(d.Uvarint())
+	st.Expiry = fromNano(d.Varint())
+	st.LockedUntil = fromNano(d.Varint())
+	st.LockToken = d.Str()
+	return st, d.Finish()
 }
 
 // unixNano maps the zero time to 0 so "unset" round-trips.
@@ -132,80 +120,6 @@ func fromNano(n int64) time.Time {
 		return time.Time{}
 	}
 	return time.Unix(0, n).UTC()
-}
-
-func appendString(b []byte, s string) []byte {
-	b = binary.AppendUvarint(b, uint64(len(s)))
-	return append(b, s...)
-}
-
-// decoder reads the encoding; the first error sticks and later reads return zero values.
-type decoder struct {
-	buf []byte
-	err error
-}
-
-func (d *decoder) fail(what string) {
-	if d.err == nil {
-		d.err = fmt.Errorf("%w: truncated %s", errCorrupt, what)
-	}
-	d.buf = nil
-}
-
-func (d *decoder) byte() byte {
-	if len(d.buf) < 1 {
-		d.fail("version")
-		return 0
-	}
-	c := d.buf[0]
-	d.buf = d.buf[1:]
-	return c
-}
-
-func (d *decoder) uvarint() uint64 {
-	v, n := binary.Uvarint(d.buf)
-	if n <= 0 {
-		d.fail("number")
-		return 0
-	}
-	d.buf = d.buf[n:]
-	return v
-}
-
-func (d *decoder) varint() int64 {
-	v, n := binary.Varint(d.buf)
-	if n <= 0 {
-		d.fail("time")
-		return 0
-	}
-	d.buf = d.buf[n:]
-	return v
-}
-
-func (d *decoder) bytes() []byte {
-	n := d.uvarint()
-	if d.err != nil {
-		return nil
-	}
-	if n > uint64(len(d.buf)) {
-		d.fail("field")
-		return nil
-	}
-	b := d.buf[:n]
-	d.buf = d.buf[n:]
-	return b
-}
-
-func (d *decoder) string() string { return string(d.bytes()) }
-
-func (d *decoder) finish() error {
-	if d.err != nil {
-		return d.err
-	}
-	if len(d.buf) != 0 {
-		return fmt.Errorf("%w: %d trailing bytes", errCorrupt, len(d.buf))
-	}
-	return nil
 }
 
 // Keys.

@@ -2,7 +2,6 @@ package c2d
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 )
@@ -183,14 +182,4 @@ func isAlnum(c byte) bool {
 // DeviceboundPath is the "to" the hub sets on a device's C2D messages.
 func DeviceboundPath(deviceID string) string {
 	return "/devices/" + deviceID + "/messages/devicebound"
-}
-
-// sortedNames returns the property names in byte order, for a stable encoding.
-func sortedNames(p map[string]string) []string {
-	names := make([]string, 0, len(p))
-	for k := range p {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	return names
 }

@@ -12,6 +12,7 @@
 package consumer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -36,6 +37,19 @@ var (
 	ErrBadPartition  = errors.New("partition out of range")
 	ErrBadCheckpoint = errors.New("invalid checkpoint")
 )
+
+// GroupStore is what the hub needs of a consumer-group and checkpoint store. Store implements it
+// on bbolt; consumertest.Run is the behaviour any implementation must have.
+type GroupStore interface {
+	CreateGroup(ctx context.Context, name string) (Group, bool, error)
+	Group(ctx context.Context, name string) (Group, error)
+	Groups(ctx context.Context) ([]Group, error)
+	DeleteGroup(ctx context.Context, name string) error
+	Checkpoints(ctx context.Context, group string) ([]Checkpoint, error)
+	Commit(ctx context.Context, group string, partition int, seq int64) (Checkpoint, error)
+}
+
+var _ GroupStore = (*Store)(nil)
 
 // Group is a consumer group.
 type Group struct {

@@ -8,68 +8,42 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/tetherhub/tether/api"
 	"github.com/tetherhub/tether/internal/auth"
 	"github.com/tetherhub/tether/internal/hub"
+	"github.com/tetherhub/tether/internal/hubtest"
 	"github.com/tetherhub/tether/internal/message"
 	"github.com/tetherhub/tether/internal/registry"
 	"github.com/tetherhub/tether/internal/telemetry"
 )
 
 type fixture struct {
-	srv      *httptest.Server
-	reg      *registry.Registry
-	log      *telemetry.Log
-	keys     map[string]string // device or device/module -> primary key
-	policies []auth.Policy
-	bound    *recordingBound
+	*hubtest.Storage
+	srv   *httptest.Server
+	keys  map[string]string // device or device/module -> primary key
+	bound *recordingBound
 }
 
 // newFixture serves the device API over a real hub with a registry and telemetry log in a temp
 // dir, with devices dev1 and dev2 and module dev1/mod1.
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	dir := t.TempDir()
-	db, err := bbolt.Open(filepath.Join(dir, "meta.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	reg, err := registry.Open(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlog, err := telemetry.Open(telemetry.Options{Dir: filepath.Join(dir, "telemetry"), Partitions: 2, SegmentBytes: 4 << 20, NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tlog.Close() })
-	f := &fixture{reg: reg, log: tlog, keys: map[string]string{}, bound: &recordingBound{}}
-	ctx := context.Background()
+	st := hubtest.New(t, telemetry.Options{SegmentBytes: 4 << 20})
+	f := &fixture{Storage: st, keys: map[string]string{}, bound: &recordingBound{}}
 	for _, id := range []string{"dev1", "dev2", "dev+3%$x"} {
-		d, err := reg.CreateDevice(ctx, registry.Device{DeviceID: id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.keys[id] = d.Authentication.SymmetricKey.PrimaryKey
+		f.keys[id] = st.CreateDevice(t, id)
 	}
-	m, err := reg.CreateModule(ctx, registry.Module{DeviceID: "dev1", ModuleID: "mod1"})
+	m, err := st.Registry.CreateModule(context.Background(), registry.Module{DeviceID: "dev1", ModuleID: "mod1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.keys["dev1/mod1"] = m.Authentication.SymmetricKey.PrimaryKey
-	f.policies, _ = auth.DefaultPolicies()
-	authn := &auth.Authenticator{Identities: reg, Policies: auth.StaticPolicies(f.policies)}
-	h := hub.New(hub.Config{Auth: authn, Activity: reg, Log: tlog})
-	f.srv = httptest.NewTLSServer(New(Config{Hub: h, DeviceBound: f.bound}))
+	f.srv = httptest.NewTLSServer(New(Config{Hub: st.Hub(hub.Config{}), DeviceBound: f.bound}))
 	t.Cleanup(f.srv.Close)
 	return f
 }
@@ -91,17 +65,12 @@ func (f *fixture) token(t *testing.T, identity string, expiry time.Time) string 
 
 func (f *fixture) policyToken(t *testing.T, name, sr string) string {
 	t.Helper()
-	for _, p := range f.policies {
-		if p.Name == name {
-			tok, err := auth.Sign(sr, p.Name, p.PrimaryKey, time.Now().Add(time.Hour))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return tok
-		}
+	p := f.Policy(t, name)
+	tok, err := auth.Sign(sr, p.Name, p.PrimaryKey, time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no policy %s", name)
-	return ""
+	return tok
 }
 
 func (f *fixture) do(t *testing.T, method, path, token string, header http.Header, body io.Reader) *http.Response {
@@ -122,26 +91,6 @@ func (f *fixture) do(t *testing.T, method, path, token string, header http.Heade
 	}
 	t.Cleanup(func() { resp.Body.Close() })
 	return resp
-}
-
-// stored reads back every message in the log.
-func (f *fixture) stored(t *testing.T) []message.Message {
-	t.Helper()
-	var out []message.Message
-	for p := range f.log.Partitions() {
-		recs, err := f.log.Read(p, 0, 1000, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range recs {
-			var m message.Message
-			if err := m.UnmarshalBinary(r.Data); err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, m)
-		}
-	}
-	return out
 }
 
 // wantError checks IoT Hub's error response form.
@@ -203,12 +152,12 @@ func TestSendEventWithEveryHeader(t *testing.T) {
 	if resp.Header.Get("x-ms-request-id") == "" {
 		t.Error("no x-ms-request-id")
 	}
-	got := f.stored(t)
+	got := f.Stored(t)
 	if len(got) != 1 {
 		t.Fatalf("stored %d messages, want 1", len(got))
 	}
 	m := got[0]
-	dev, _ := f.reg.GetDevice(context.Background(), "dev1")
+	dev, _ := f.Registry.GetDevice(context.Background(), "dev1")
 	if time.Since(m.EnqueuedTime) > time.Minute {
 		t.Errorf("enqueued time %v", m.EnqueuedTime)
 	}
@@ -252,7 +201,7 @@ func TestSendEventAsModuleAndWithPolicyToken(t *testing.T) {
 	if resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("policy send: status %d", resp.StatusCode)
 	}
-	got := f.stored(t)
+	got := f.Stored(t)
 	if len(got) != 2 {
 		t.Fatalf("stored %d messages, want 2", len(got))
 	}
@@ -281,7 +230,7 @@ func TestSendBatch(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		t.Fatalf("status %d: %s", resp.StatusCode, b)
 	}
-	got := f.stored(t)
+	got := f.Stored(t)
 	if len(got) != 3 {
 		t.Fatalf("stored %d messages, want 3", len(got))
 	}
@@ -291,7 +240,7 @@ func TestSendBatch(t *testing.T) {
 		ContentType, Device, Generation string
 		Props                           map[string]string
 	}
-	dev, _ := f.reg.GetDevice(context.Background(), "dev1")
+	dev, _ := f.Registry.GetDevice(context.Background(), "dev1")
 	var sums []summary
 	for i, m := range got {
 		sums = append(sums, summary{string(m.Body), m.MessageID, m.CorrelationID, m.ComponentName, m.ContentType, m.ConnectionDeviceID, m.ConnectionAuthGenerationID, m.Properties})
@@ -348,10 +297,10 @@ func TestRefusalsStoreNothing(t *testing.T) {
 		{"GET on events", "GET", eventsPath, good, nil, nil, 405, "InvalidOperation"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			before := len(f.stored(t))
+			before := len(f.Stored(t))
 			resp := f.do(t, tc.method, tc.path, tc.token, tc.header, tc.body)
 			wantError(t, resp, tc.status, tc.code)
-			if n := len(f.stored(t)); n != before {
+			if n := len(f.Stored(t)); n != before {
 				t.Fatalf("stored %d messages on a refused request", n-before)
 			}
 		})

@@ -1,54 +1,33 @@
-package hub
+package hub_test
 
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/tetherhub/tether/internal/auth"
+	"github.com/tetherhub/tether/internal/hub"
+	"github.com/tetherhub/tether/internal/hubtest"
 	"github.com/tetherhub/tether/internal/message"
 	"github.com/tetherhub/tether/internal/registry"
 	"github.com/tetherhub/tether/internal/telemetry"
 )
 
 type fixture struct {
-	hub *Hub
-	reg *registry.Registry
-	log *telemetry.Log
+	*hubtest.Storage
+	hub *hub.Hub
 	key string
 }
 
-// newFixture builds a hub over a real registry and telemetry log in a temp dir.
-func newFixture(t *testing.T) *fixture {
+// newFixture builds a hub over a real registry and telemetry log in a temp dir, with device
+// dev1; c's storage fields are filled in.
+func newFixture(t *testing.T, c hub.Config) *fixture {
 	t.Helper()
-	dir := t.TempDir()
-	db, err := bbolt.Open(filepath.Join(dir, "meta.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	reg, err := registry.Open(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlog, err := telemetry.Open(telemetry.Options{Dir: filepath.Join(dir, "telemetry"), Partitions: 2, SegmentBytes: 1 << 20, NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tlog.Close() })
-	dev, err := reg.CreateDevice(context.Background(), registry.Device{DeviceID: "dev1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	policies, _ := auth.DefaultPolicies()
-	authn := &auth.Authenticator{Identities: reg, Policies: auth.StaticPolicies(policies)}
-	h := New(Config{Auth: authn, Activity: reg, Log: tlog})
-	return &fixture{hub: h, reg: reg, log: tlog, key: dev.Authentication.SymmetricKey.PrimaryKey}
+	st := hubtest.New(t, telemetry.Options{})
+	key := st.CreateDevice(t, "dev1")
+	return &fixture{Storage: st, hub: st.Hub(c), key: key}
 }
 
 func (f *fixture) identity(t *testing.T) auth.DeviceIdentity {
@@ -64,28 +43,8 @@ func (f *fixture) identity(t *testing.T) auth.DeviceIdentity {
 	return id
 }
 
-// stored reads back every message in the log.
-func (f *fixture) stored(t *testing.T) []message.Message {
-	t.Helper()
-	var out []message.Message
-	for p := range f.log.Partitions() {
-		recs, err := f.log.Read(p, 0, 1000, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range recs {
-			var m message.Message
-			if err := m.UnmarshalBinary(r.Data); err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
 func TestSubmitStampsOverWhatTheDeviceClaims(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, hub.Config{})
 	id := f.identity(t)
 	spoofed := &message.Message{
 		MessageID:                  "m1",
@@ -97,19 +56,19 @@ func TestSubmitStampsOverWhatTheDeviceClaims(t *testing.T) {
 		Source:                     "twinChangeEvents",
 		Body:                       []byte("hi"),
 	}
-	p, err := f.hub.Submit(context.Background(), Origin{Identity: id, ModelID: "dtmi:com:example:Thermostat;1"}, spoofed)
+	p, err := f.hub.Submit(context.Background(), hub.Origin{Identity: id, ModelID: "dtmi:com:example:Thermostat;1"}, spoofed)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := p.Wait(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	got := f.stored(t)
+	got := f.Stored(t)
 	if len(got) != 1 {
 		t.Fatalf("stored %d messages", len(got))
 	}
 	m := got[0]
-	dev, _ := f.reg.GetDevice(context.Background(), "dev1")
+	dev, _ := f.Registry.GetDevice(context.Background(), "dev1")
 	checks := map[string][2]string{
 		"device id":     {m.ConnectionDeviceID, "dev1"},
 		"module id":     {m.ConnectionModuleID, ""},
@@ -133,7 +92,7 @@ func TestSubmitStampsOverWhatTheDeviceClaims(t *testing.T) {
 }
 
 func TestSubmitRefusesInvalidAndStoresNothing(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, hub.Config{})
 	id := f.identity(t)
 	for _, tc := range []struct {
 		name string
@@ -145,23 +104,23 @@ func TestSubmitRefusesInvalidAndStoresNothing(t *testing.T) {
 		{"one bad in a batch", []*message.Message{{Body: []byte("ok")}, {MessageID: strings.Repeat("x", 200)}}, message.ErrInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := f.hub.Submit(context.Background(), Origin{Identity: id}, tc.msgs...)
+			_, err := f.hub.Submit(context.Background(), hub.Origin{Identity: id}, tc.msgs...)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
 		})
 	}
-	if got := f.stored(t); len(got) != 0 {
+	if got := f.Stored(t); len(got) != 0 {
 		t.Fatalf("stored %d messages from refused submissions", len(got))
 	}
 }
 
 func TestConnectionStateSurvivesTakeover(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, hub.Config{})
 	id := f.identity(t)
 	ctx := context.Background()
 	state := func() registry.ConnectionState {
-		d, err := f.reg.GetDevice(ctx, "dev1")
+		d, err := f.Registry.GetDevice(ctx, "dev1")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -180,7 +139,7 @@ func TestConnectionStateSurvivesTakeover(t *testing.T) {
 }
 
 func TestAuthenticateRefusesWrongKey(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, hub.Config{})
 	token, _ := auth.Sign("localhost/devices/dev1", "", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", time.Now().Add(time.Hour))
 	if _, err := f.hub.AuthenticateDevice(context.Background(), "dev1", "", token); !errors.Is(err, auth.ErrUnauthorized) {
 		t.Fatalf("err = %v, want ErrUnauthorized", err)
@@ -189,11 +148,11 @@ func TestAuthenticateRefusesWrongKey(t *testing.T) {
 
 func TestStatePersistsPolicies(t *testing.T) {
 	dir := t.TempDir()
-	s, created, err := LoadOrCreateState(dir, "hub1", 4, time.Now())
+	s, created, err := hub.LoadOrCreateState(dir, "hub1", 4, time.Now())
 	if err != nil || !created {
 		t.Fatalf("create: %v %v", created, err)
 	}
-	again, created, err := LoadOrCreateState(dir, "other", 8, time.Now())
+	again, created, err := hub.LoadOrCreateState(dir, "other", 8, time.Now())
 	if err != nil || created {
 		t.Fatalf("reload: %v %v", created, err)
 	}

@@ -1,10 +1,11 @@
-package hub
+package hub_test
 
 import (
 	"context"
 	"reflect"
 	"testing"
 
+	"github.com/tetherhub/tether/internal/hub"
 	"github.com/tetherhub/tether/internal/message"
 )
 
@@ -13,10 +14,8 @@ type routerFunc func(*message.Message) *message.Routing
 func (f routerFunc) Route(m *message.Message) *message.Routing { return f(m) }
 
 func TestSubmitStoresTheRoutingDecision(t *testing.T) {
-	f := newFixture(t)
-	id := f.identity(t)
 	var changes []string
-	f.hub.router = routerFunc(func(m *message.Message) *message.Routing {
+	f := newFixture(t, hub.Config{Router: routerFunc(func(m *message.Message) *message.Routing {
 		switch {
 		case m.Source != message.SourceTelemetry:
 			return &message.Routing{} // hub events: nowhere
@@ -24,13 +23,13 @@ func TestSubmitStoresTheRoutingDecision(t *testing.T) {
 			return &message.Routing{}
 		}
 		return &message.Routing{Routes: []string{"r"}, Endpoints: []string{"hook"}}
-	})
-	f.hub.onConn = func(device, module string, connected bool) {
+	}), OnConnectionChange: func(device, module string, connected bool) {
 		changes = append(changes, device+map[bool]string{true: " up", false: " down"}[connected])
-	}
+	}})
+	id := f.identity(t)
 	ctx := context.Background()
 	for _, to := range []string{"hook", "nowhere"} {
-		p, err := f.hub.Submit(ctx, Origin{Identity: id}, &message.Message{Properties: map[string]string{"to": to}})
+		p, err := f.hub.Submit(ctx, hub.Origin{Identity: id}, &message.Message{Properties: map[string]string{"to": to}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -41,7 +40,7 @@ func TestSubmitStoresTheRoutingDecision(t *testing.T) {
 	if err := f.hub.Publish(ctx, &message.Message{ConnectionDeviceID: "dev1", Source: message.SourceDeviceLifecycleEvents}); err != nil {
 		t.Fatal(err)
 	}
-	stored := f.stored(t)
+	stored := f.Stored(t)
 	if len(stored) != 2 {
 		t.Fatalf("stored %d messages, want the two device messages (a hub event for no endpoint is not stored)", len(stored))
 	}

@@ -4,18 +4,15 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"go.etcd.io/bbolt"
 
 	"github.com/tetherhub/tether/api"
 	"github.com/tetherhub/tether/client"
 	"github.com/tetherhub/tether/internal/auth"
 	"github.com/tetherhub/tether/internal/c2d"
+	"github.com/tetherhub/tether/internal/hubtest"
 	"github.com/tetherhub/tether/internal/registry"
 	"github.com/tetherhub/tether/internal/service"
 	"github.com/tetherhub/tether/internal/telemetry"
@@ -24,17 +21,9 @@ import (
 // newC2DFixture is a service API with a real C2D store whose devices are the registry's.
 func newC2DFixture(t *testing.T, set c2d.Settings) (*fixture, *c2d.Store) {
 	t.Helper()
-	dir := t.TempDir()
-	db, err := bbolt.Open(filepath.Join(dir, "meta.db"), 0o600, &bbolt.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	reg, err := registry.Open(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := c2d.Open(db, c2d.Options{Settings: set, HubName: "hub", SweepInterval: -1,
+	f := &fixture{Storage: hubtest.New(t, telemetry.Options{Partitions: 1})}
+	reg := f.Registry
+	store, err := c2d.Open(f.DB, c2d.Options{Settings: set, HubName: "hub", SweepInterval: -1,
 		DeviceExists: func(ctx context.Context, id string) (string, bool, error) {
 			d, err := reg.GetDevice(ctx, id)
 			if errors.Is(err, registry.ErrDeviceNotFound) {
@@ -46,28 +35,13 @@ func newC2DFixture(t *testing.T, set c2d.Settings) (*fixture, *c2d.Store) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	tlog, err := telemetry.Open(telemetry.Options{Dir: filepath.Join(dir, "telemetry"), Partitions: 1, SegmentBytes: 1 << 20, NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tlog.Close() })
-	policies, err := auth.DefaultPolicies()
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{log: tlog, reg: reg, policies: map[string]auth.Policy{}}
-	for _, p := range policies {
-		f.policies[p.Name] = p
-	}
-	authn := &auth.Authenticator{Identities: reg, Policies: auth.StaticPolicies(policies)}
-	f.srv = httptest.NewServer(service.New(service.Config{Auth: authn, Registry: reg, Log: tlog, C2D: store,
+	f.serve(t, service.Config{C2D: store,
 		CloudToDeviceMessageCount: func(_ context.Context, deviceID, moduleID string) (int, error) {
 			if moduleID != "" {
 				return 0, nil
 			}
 			return store.PendingCount(deviceID), nil
-		}}))
-	t.Cleanup(f.srv.Close)
+		}})
 	return f, store
 }
 
@@ -233,7 +207,7 @@ func TestC2DFeedbackRawHTTP(t *testing.T) {
 	if err := store.FlushFeedback(ctx); err != nil {
 		t.Fatal(err)
 	}
-	p := f.policies["service"]
+	p := f.Policy(t, "service")
 	token, _ := auth.Sign("localhost", p.Name, p.PrimaryKey, time.Now().Add(time.Hour))
 	// Both spellings of the path, as IoT Hub's paths are case-insensitive.
 	req, _ := http.NewRequest(http.MethodGet, f.srv.URL+"/messages/servicebound/feedback?api-version=2021-04-12", nil)

@@ -16,14 +16,7 @@ import (
 
 // ConsumerGroups stores the built-in endpoint's consumer groups and their checkpoints
 // (internal/consumer implements it on bbolt).
-type ConsumerGroups interface {
-	CreateGroup(ctx context.Context, name string) (consumer.Group, bool, error)
-	Group(ctx context.Context, name string) (consumer.Group, error)
-	Groups(ctx context.Context) ([]consumer.Group, error)
-	DeleteGroup(ctx context.Context, name string) error
-	Checkpoints(ctx context.Context, group string) ([]consumer.Checkpoint, error)
-	Commit(ctx context.Context, group string, partition int, seq int64) (consumer.Checkpoint, error)
-}
+type ConsumerGroups = consumer.GroupStore
 
 // manageGroups is what creating and deleting a consumer group needs. IoT Hub manages groups
 // through ARM (its control plane), not with hub policies; among the policies, ServiceConnect

@@ -5,21 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/tetherhub/tether/api"
 	"github.com/tetherhub/tether/client"
-	"github.com/tetherhub/tether/internal/auth"
 	"github.com/tetherhub/tether/internal/consumer"
+	"github.com/tetherhub/tether/internal/hubtest"
 	"github.com/tetherhub/tether/internal/message"
-	"github.com/tetherhub/tether/internal/registry"
 	"github.com/tetherhub/tether/internal/service"
 	"github.com/tetherhub/tether/internal/telemetry"
 )
@@ -42,39 +37,15 @@ func (c *clock) Set(t time.Time) { c.mu.Lock(); c.now = t; c.mu.Unlock() }
 
 func newGroupFixture(t *testing.T, segmentBytes int64, c2d func(ctx context.Context, deviceID, moduleID string) (int, error)) *groupFixture {
 	t.Helper()
-	dir := t.TempDir()
-	db, err := bbolt.Open(filepath.Join(dir, "meta.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	reg, err := registry.Open(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	groups, err := consumer.Open(db, consumer.Options{MaxGroups: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
 	clk := &clock{now: time.Now()}
-	tlog, err := telemetry.Open(telemetry.Options{Dir: filepath.Join(dir, "telemetry"), Partitions: 4, SegmentBytes: segmentBytes,
-		NoSync: true, Retention: time.Hour, RetentionInterval: time.Hour, Now: clk.Now})
+	st := hubtest.New(t, telemetry.Options{Partitions: 4, SegmentBytes: segmentBytes,
+		Retention: time.Hour, RetentionInterval: time.Hour, Now: clk.Now})
+	groups, err := consumer.Open(st.DB, consumer.Options{MaxGroups: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { tlog.Close() })
-	policies, err := auth.DefaultPolicies()
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &groupFixture{fixture: fixture{log: tlog, reg: reg, policies: map[string]auth.Policy{}}, groups: groups, clock: clk}
-	for _, p := range policies {
-		f.policies[p.Name] = p
-	}
-	authn := &auth.Authenticator{Identities: reg, Policies: auth.StaticPolicies(policies)}
-	f.srv = httptest.NewServer(service.New(service.Config{Auth: authn, Registry: reg, Log: tlog, ConsumerGroups: groups,
-		CloudToDeviceMessageCount: c2d}))
-	t.Cleanup(f.srv.Close)
+	f := &groupFixture{fixture: fixture{Storage: st}, groups: groups, clock: clk}
+	f.serve(t, service.Config{ConsumerGroups: groups, CloudToDeviceMessageCount: c2d})
 	return f
 }
 
@@ -88,7 +59,7 @@ func (f *groupFixture) appendN(t *testing.T, dev, prefix string, n int, at time.
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.log.Append(context.Background(), dev, at, data); err != nil {
+		if _, err := f.Log.Append(context.Background(), dev, at, data); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -265,7 +236,7 @@ func TestResumeAfterCheckpoint(t *testing.T) {
 	svc := f.client(t, "service")
 	f.appendN(t, "dev-a", "a", 10, time.Now(), 10)
 	f.appendN(t, "dev-b", "b", 4, time.Now(), 10)
-	pa, pb := f.log.PartitionFor("dev-a"), f.log.PartitionFor("dev-b")
+	pa, pb := f.Log.PartitionFor("dev-a"), f.Log.PartitionFor("dev-b")
 	if pa == pb {
 		t.Fatal("test devices share a partition")
 	}
@@ -321,7 +292,7 @@ func TestReadsBelowRetentionSaySo(t *testing.T) {
 	// hub's partition reader is still in the old segments when retention removes them.
 	f.appendN(t, "dev", "old", 4000, old, 8000)
 	f.appendN(t, "dev", "new", 3, f.clock.Now(), 10)
-	p := f.log.PartitionFor("dev")
+	p := f.Log.PartitionFor("dev")
 	if _, err := svc.CommitCheckpoint(ctx, "$Default", p, 10); err != nil {
 		t.Fatal(err)
 	}
@@ -340,10 +311,10 @@ func TestReadsBelowRetentionSaySo(t *testing.T) {
 		})
 	}()
 	time.Sleep(200 * time.Millisecond)
-	if err := f.log.EnforceRetention(); err != nil {
+	if err := f.Log.EnforceRetention(); err != nil {
 		t.Fatal(err)
 	}
-	info, _ := f.log.Info(p)
+	info, _ := f.Log.Info(p)
 	if info.First < 3900 {
 		t.Fatalf("retention kept from %d", info.First)
 	}

@@ -5,19 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"net/http/httptest"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/tetherhub/tether/api"
 	"github.com/tetherhub/tether/client"
 	"github.com/tetherhub/tether/internal/auth"
 	"github.com/tetherhub/tether/internal/hub"
+	"github.com/tetherhub/tether/internal/hubtest"
 	"github.com/tetherhub/tether/internal/message"
 	"github.com/tetherhub/tether/internal/registry"
 	"github.com/tetherhub/tether/internal/routing"
@@ -32,39 +29,14 @@ type routingFixture struct {
 
 func newRoutingFixture(t *testing.T) *routingFixture {
 	t.Helper()
-	dir := t.TempDir()
-	db, err := bbolt.Open(filepath.Join(dir, "meta.db"), 0o600, nil)
+	f := &fixture{Storage: hubtest.New(t, telemetry.Options{})}
+	router := routing.NewRouter("testhub", routing.NewRegistryTags(f.Registry))
+	mgr, err := routing.NewManager(context.Background(), routing.ManagerOptions{Router: router, DataDir: f.Dir})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { db.Close() })
-	reg, err := registry.Open(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlog, err := telemetry.Open(telemetry.Options{Dir: filepath.Join(dir, "telemetry"), Partitions: 2, SegmentBytes: 1 << 20, NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tlog.Close() })
-	policies, err := auth.DefaultPolicies()
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{log: tlog, reg: reg, policies: map[string]auth.Policy{}}
-	for _, p := range policies {
-		f.policies[p.Name] = p
-	}
-	router := routing.NewRouter("testhub", routing.NewRegistryTags(reg))
-	mgr, err := routing.NewManager(context.Background(), routing.ManagerOptions{Router: router, DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	authn := &auth.Authenticator{Identities: reg, Policies: auth.StaticPolicies(policies)}
-	f.srv = httptest.NewServer(service.New(service.Config{Auth: authn, Registry: reg, Log: tlog, Routing: mgr}))
-	t.Cleanup(f.srv.Close)
-	h := hub.New(hub.Config{Auth: authn, Activity: reg, Log: tlog, Router: router})
-	return &routingFixture{fixture: f, hub: h}
+	f.serve(t, service.Config{Routing: mgr})
+	return &routingFixture{fixture: f, hub: f.Hub(hub.Config{Router: router})}
 }
 
 func (f *routingFixture) send(t *testing.T, device string, props map[string]string) {
@@ -100,7 +72,7 @@ func TestBuiltInEndpointSeesOnlyWhatIsRoutedToIt(t *testing.T) {
 	if _, err := owner.SetRouting(ctx, json.RawMessage(cfg), ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.reg.CreateDevice(ctx, registry.Device{DeviceID: "d1", Tags: map[string]any{"site": "Lyon"}}); err != nil {
+	if _, err := f.Registry.CreateDevice(ctx, registry.Device{DeviceID: "d1", Tags: map[string]any{"site": "Lyon"}}); err != nil {
 		t.Fatal(err)
 	}
 	f.send(t, "d1", map[string]string{"level": "critical", "n": "1"})

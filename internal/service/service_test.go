@@ -6,15 +6,13 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"testing"
 	"time"
-
-	"go.etcd.io/bbolt"
 
 	"github.com/tetherhub/tether/api"
 	"github.com/tetherhub/tether/client"
 	"github.com/tetherhub/tether/internal/auth"
+	"github.com/tetherhub/tether/internal/hubtest"
 	"github.com/tetherhub/tether/internal/message"
 	"github.com/tetherhub/tether/internal/registry"
 	"github.com/tetherhub/tether/internal/service"
@@ -22,47 +20,29 @@ import (
 )
 
 type fixture struct {
-	srv      *httptest.Server
-	log      *telemetry.Log
-	reg      *registry.Registry
-	policies map[string]auth.Policy
+	*hubtest.Storage
+	srv *httptest.Server
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	dir := t.TempDir()
-	db, err := bbolt.Open(filepath.Join(dir, "meta.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	reg, err := registry.Open(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlog, err := telemetry.Open(telemetry.Options{Dir: filepath.Join(dir, "telemetry"), Partitions: 4, SegmentBytes: 1 << 20, NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tlog.Close() })
-	policies, err := auth.DefaultPolicies()
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{log: tlog, reg: reg, policies: map[string]auth.Policy{}}
-	for _, p := range policies {
-		f.policies[p.Name] = p
-	}
-	authn := &auth.Authenticator{Identities: reg, Policies: auth.StaticPolicies(policies)}
-	f.srv = httptest.NewServer(service.New(service.Config{Auth: authn, Registry: reg, Log: tlog}))
-	t.Cleanup(f.srv.Close)
+	f := &fixture{Storage: hubtest.New(t, telemetry.Options{Partitions: 4})}
+	f.serve(t, service.Config{})
 	return f
+}
+
+// serve starts the service API over f's storage: c with Auth, Registry and Log set to f's.
+func (f *fixture) serve(t *testing.T, c service.Config) {
+	t.Helper()
+	c.Auth, c.Registry, c.Log = f.Auth, f.Registry, f.Log
+	f.srv = httptest.NewServer(service.New(c))
+	t.Cleanup(f.srv.Close)
 }
 
 // client returns a service client signing with the named policy.
 func (f *fixture) client(t *testing.T, policy string) *client.Client {
 	t.Helper()
-	p := f.policies[policy]
+	p := f.Policy(t, policy)
 	c, err := client.New(auth.ServiceConnectionString("localhost", p.Name, p.PrimaryKey).String(), client.WithEndpoint(f.srv.URL))
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +59,7 @@ func (f *fixture) appendMessage(t *testing.T, deviceID, messageID string, at tim
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.log.Append(context.Background(), deviceID, at, data); err != nil {
+	if _, err := f.Log.Append(context.Background(), deviceID, at, data); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -161,7 +141,7 @@ func TestPermissions(t *testing.T) {
 
 func TestDeviceKeyCannotCallServiceAPI(t *testing.T) {
 	f := newFixture(t)
-	dev, err := f.reg.CreateDevice(context.Background(), registry.Device{DeviceID: "d"})
+	dev, err := f.Registry.CreateDevice(context.Background(), registry.Device{DeviceID: "d"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,15 +13,8 @@ import (
 	"github.com/tetherhub/tether/internal/consumer"
 )
 
-// Store is the contract under test.
-type Store interface {
-	CreateGroup(ctx context.Context, name string) (consumer.Group, bool, error)
-	Group(ctx context.Context, name string) (consumer.Group, error)
-	Groups(ctx context.Context) ([]consumer.Group, error)
-	DeleteGroup(ctx context.Context, name string) error
-	Checkpoints(ctx context.Context, group string) ([]consumer.Checkpoint, error)
-	Commit(ctx context.Context, group string, partition int, seq int64) (consumer.Checkpoint, error)
-}
+// Store is the contract under test: the store the hub uses.
+type Store = consumer.GroupStore
 
 // Run runs the suite. open returns an empty store whose group limit is maxGroups.
 func Run(t *testing.T, maxGroups int, open func(t *testing.T) Store) {
