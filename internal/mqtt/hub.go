@@ -48,7 +48,10 @@ type Device interface {
 	Disconnected(graceful bool)
 }
 
-// Receipt reports when a submitted message is durable.
+// Receipt reports when a submitted message is durable. Wait may be called more than once, and
+// with a context that is already done it must not block: it then returns nil if the message is
+// durable by now, else the context's error. The server relies on that to acknowledge every
+// message that is already durable in one write.
 type Receipt interface {
 	Wait(ctx context.Context) error
 }
