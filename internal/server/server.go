@@ -229,6 +229,8 @@ func Serve(ctx context.Context, cfg Config, ready func(Started)) (err error) {
 	httpServer := &http.Server{
 		Handler:           httpsHandler(ctx, h, c2dStore, mqttServer, svc, logger),
 		ReadHeaderTimeout: 30 * time.Second,
+		// HTTPS devices poll with keep-alive connections; idle ones must not stay open forever.
+		IdleTimeout: 2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.With("component", "https").Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}
