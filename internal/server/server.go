@@ -231,8 +231,8 @@ func Serve(ctx context.Context, cfg Config, ready func(Started)) (err error) {
 		ReadHeaderTimeout: 30 * time.Second,
 		// HTTPS devices poll with keep-alive connections; idle ones must not stay open forever.
 		IdleTimeout: 2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(logger.With("component", "https").Handler(), slog.LevelDebug),
-		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ErrorLog:    slog.NewLogLogger(logger.With("component", "https").Handler(), slog.LevelDebug),
+		BaseContext: func(net.Listener) context.Context { return ctx },
 	}
 
 	serveCtx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
