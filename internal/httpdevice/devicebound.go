@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 
+	"github.com/tetherhub/tether/api"
 	"github.com/tetherhub/tether/internal/c2d"
 )
 
@@ -140,5 +141,5 @@ func (d *deviceBound) fail(w http.ResponseWriter, r *http.Request, req DeviceBou
 	}
 	d.logger.Log(r.Context(), level, "https device request refused", "request_id", req.RequestID, "method", r.Method,
 		"path", r.URL.Path, "device", req.Identity.DeviceID, "status", status, "code", code, "err", err)
-	writeError(w, status, code, err.Error())
+	api.WriteError(w, status, code, err.Error())
 }

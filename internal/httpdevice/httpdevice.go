@@ -26,9 +26,6 @@ package httpdevice
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -199,7 +196,7 @@ func parsePath(escaped string) (route, bool) {
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	req := &request{h: h, w: w, r: r, id: requestID(r)}
+	req := &request{h: h, w: w, r: r, id: api.RequestID(r)}
 	w.Header().Set("x-ms-request-id", req.id)
 	rt, ok := parsePath(r.URL.EscapedPath())
 	if !ok {
@@ -384,7 +381,7 @@ func (q *request) fail(status int, code, text string, err error) {
 	q.h.logger.Log(q.r.Context(), level, "https device request refused",
 		"request_id", q.id, "method", q.r.Method, "path", q.r.URL.Path, "device", q.device, "module", q.module,
 		"status", status, "code", code, "err", errText(err, text))
-	writeError(q.w, status, code, text)
+	api.WriteError(q.w, status, code, text)
 }
 
 func errText(err error, text string) string {
@@ -392,25 +389,6 @@ func errText(err error, text string) string {
 		return err.Error()
 	}
 	return text
-}
-
-// writeError writes IoT Hub's error response: the iothub-errorcode header and the
-// {"Message":"ErrorCode:<code>;<text>","ExceptionMessage":"<text>"} body.
-func writeError(w http.ResponseWriter, status int, code, text string) {
-	w.Header().Set("iothub-errorcode", code)
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(api.NewErrorBody(code, text))
-}
-
-// requestID echoes a caller's Request-Id or makes one.
-func requestID(r *http.Request) string {
-	if id := r.Header.Get("Request-Id"); id != "" && len(id) <= 128 {
-		return id
-	}
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 func isBatch(contentType string) bool {

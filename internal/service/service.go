@@ -6,8 +6,6 @@ package service
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -114,18 +112,8 @@ func (s *Server) deviceRoutes() {
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("x-ms-request-id", requestID(r))
+	w.Header().Set("x-ms-request-id", api.RequestID(r))
 	s.mux.ServeHTTP(w, r)
-}
-
-// requestID echoes the caller's Request-Id (the service SDK sends one) or makes one.
-func requestID(r *http.Request) string {
-	if id := r.Header.Get("Request-Id"); id != "" && len(id) <= 128 {
-		return id
-	}
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 // need wraps a handler with SAS authentication for the given permission.
@@ -147,8 +135,7 @@ func (s *Server) need(perm auth.Permission, h http.HandlerFunc) http.HandlerFunc
 
 // writeError writes IoT Hub's error response.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, status int, code, text string) {
-	w.Header().Set("iothub-errorcode", code)
-	writeJSON(w, status, api.NewErrorBody(code, text))
+	api.WriteError(w, status, code, text)
 }
 
 // writeStoreError maps a registry error to IoT Hub's status and error code.
