@@ -8,9 +8,10 @@
 //
 //	meta.json                       partition count (fixed at creation) and format version
 //	LOCK                            flock'ed while a process has the log open
+//	wal-00000000000000000007.log    write-ahead log, named by epoch: the current
+//	wal-00000000000000000008.log    file and the next one (recycled)
 //	p0/00000000000000000000.seg     segments of partition 0, named by the
 //	p0/00000000000000001234.seg     sequence number of their first record
-//	p0/spare.tmp                    next segment, zero-filled ahead of time
 //
 // # Records
 //
@@ -30,38 +31,52 @@
 //
 // # Writing
 //
-// Each partition has one writer goroutine fed by a bounded queue. It takes
-// everything pending (group commit), encodes it into one buffer, writes it
-// with one pwrite into the active segment and calls fdatasync once, then
-// publishes the new durable end to readers and releases all waiters.
-// Segments are zero-filled in advance (a spare segment is prepared in the
-// background) so that an append never changes file metadata and fdatasync
-// only flushes data. A batch that does not fit in the active segment rolls to
-// a new one; a batch larger than Options.SegmentBytes gets a segment sized to
-// hold it. Sealed segments are truncated to their used size.
+// One committer goroutine, fed by a bounded queue, writes every partition. It
+// takes everything pending (group commit), encodes each partition's part into
+// one buffer and writes it with one pwrite into that partition's active
+// segment, without syncing; the same bytes go, as one record for the whole
+// group, into the write-ahead log (wal.go), and one fdatasync of the WAL makes
+// the group durable. Then it publishes each partition's new durable end to
+// readers and releases all waiters. A device fdatasync costs tens of
+// microseconds of CPU and a device cache flush whatever its size, so the
+// number of syncs per second, not bytes, is what a group commit saves; one
+// sync for all partitions instead of one per partition is what keeps many
+// partitions cheap on one disk.
+//
+// WAL files are zero-filled once and then recycled, so appending to them
+// changes no metadata and fdatasync only flushes data. When one is full the
+// committer continues in the next and a background checkpoint fdatasyncs the
+// segment files written meanwhile, after which the full file is recycled.
+// Segments are sparse files synced only by checkpoints. A batch that does not
+// fit in the active segment rolls to a new one; a batch larger than
+// Options.SegmentBytes gets a segment sized to hold it. Sealed segments are
+// truncated to their used size.
 //
 // # Recovery
 //
-// On Open, every segment is scanned once to rebuild the in-memory index
-// (sequential read of the whole retained log: roughly the disk's sequential
-// read speed, e.g. about 1 s per GB). The last (active) segment is validated
-// frame by frame (length, CRC, sequence continuity, batch flags); everything
-// from the first torn or corrupt record or incomplete batch on is zeroed and
-// synced, so that stale bytes of a torn write can never be mistaken for
-// records later (this reads the rest of the active segment once: at most
-// SegmentBytes per partition per Open). Records whose Wait returned nil were
-// fdatasynced and are before any tear, so they survive. A write or fdatasync
-// error makes the partition refuse further appends until reopened, because
-// the state of unsynced pages is unknown after a failed fdatasync.
+// On Open, the records of every WAL file are first replayed into the segment
+// files (only bytes that differ are written, then synced): acknowledged groups
+// whose segment pages a power loss dropped come back. A torn or corrupt WAL
+// record, or one of another epoch (a recycled file's old content), ends its
+// file; such a group was never acknowledged. Then every segment is scanned
+// once to rebuild the in-memory index (sequential read of the whole retained
+// log: roughly the disk's sequential read speed, e.g. about 1 s per GB). The
+// last (active) segment is validated frame by frame (length, CRC, sequence
+// continuity, batch flags); everything from the first torn or corrupt record
+// or incomplete batch on is zeroed and synced, so that stale bytes of a torn
+// write can never be mistaken for records later (this reads the rest of the
+// active segment once: at most SegmentBytes per partition per Open). A write
+// or fdatasync error makes the partition (for the WAL: every partition)
+// refuse further appends until reopened, because the state of unsynced pages
+// is unknown after a failed fdatasync. Close checkpoints everything and marks
+// the WAL replayed, so a clean restart replays nothing.
 //
 // # Throughput
 //
-// Durable throughput is bound by fdatasyncs (device cache flushes) per second
-// times records per group commit. Closed-loop appenders (each waits before
-// its next append) put at most one record per appender into a group, so
-// spreading the same appenders over more partitions on one disk means
-// smaller groups and more flushes; callers that keep several Submits in
-// flight (Submit now, Wait later) get much larger groups.
+// Durable throughput is bound by fdatasyncs per second times records per
+// group commit. Closed-loop appenders (each waits before its next append) put
+// at most one record per appender into a group; callers that keep several
+// Submits in flight (Submit now, Wait later) get much larger groups.
 //
 // # Index
 //

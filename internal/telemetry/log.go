@@ -23,7 +23,7 @@ var (
 )
 
 const (
-	queueLen    = 4096     // pending Submits per partition before Submit blocks
+	queueLen    = 16384    // pending Submits before Submit blocks
 	readBufSize = 64 << 10 // read chunk
 	metaName    = "meta.json"
 	lockName    = "LOCK"
@@ -59,6 +59,12 @@ type Log struct {
 	opts  Options
 	parts []*partition
 	lock  *os.File
+	queue chan *Pending
+	wal   *wal // nil with NoSync
+
+	// The committer goroutine's.
+	group   []*Pending
+	touched []*partition
 
 	closeMu sync.RWMutex // held shared by Submit while enqueueing, exclusively by Close
 	closed  bool
@@ -70,6 +76,7 @@ type Log struct {
 
 // Pending is a submitted batch whose durability can be awaited.
 type Pending struct {
+	part *partition
 	t    int64
 	data [][]byte
 	size int // encoded bytes
@@ -125,7 +132,17 @@ func Open(opts Options) (*Log, error) {
 		return nil, err
 	}
 	opts.Partitions = n
-	l := &Log{opts: opts, lock: lock, stop: make(chan struct{})}
+	l := &Log{opts: opts, lock: lock, stop: make(chan struct{}), queue: make(chan *Pending, queueLen)}
+	var walFiles []*walFile
+	var maxEpoch uint64
+	if !opts.NoSync {
+		// Before the partitions are scanned: replay restores acknowledged records whose
+		// segment pages the crash lost.
+		if walFiles, maxEpoch, err = replayWAL(opts.Dir, n, opts.Logger); err != nil {
+			lock.Close()
+			return nil, err
+		}
+	}
 	l.bufs.New = func() any { b := make([]byte, readBufSize); return &b }
 	// Partitions recover independently: scanning them in parallel divides the time to open a
 	// large log by up to the number of cores (the scan is CPU-bound when the files are cached).
@@ -151,10 +168,17 @@ func Open(opts Options) (*Log, error) {
 		lock.Close()
 		return nil, err
 	}
-	for _, p := range l.parts {
-		l.writers.Add(1)
-		go p.run(l.stop, l.writers.Done)
+	if !opts.NoSync {
+		if l.wal, err = startWAL(opts.Dir, walFiles, maxEpoch, opts.walFileBytes, opts.Logger); err != nil {
+			for _, q := range l.parts {
+				q.closeFiles()
+			}
+			lock.Close()
+			return nil, err
+		}
 	}
+	l.writers.Add(1)
+	go l.commitLoop()
 	l.bg.Add(1)
 	go l.retentionLoop()
 	opts.Logger.Info("telemetry: log opened", "dir", opts.Dir, "partitions", n)
@@ -220,6 +244,9 @@ func (l *Log) Close() error {
 	l.writers.Wait()
 	l.bg.Wait()
 	var errs []error
+	if l.wal != nil {
+		errs = append(errs, l.wal.close())
+	}
 	for _, p := range l.parts {
 		p.mu.Lock()
 		p.closed = true
@@ -282,23 +309,97 @@ func (l *Log) Submit(ctx context.Context, key string, t time.Time, data ...[]byt
 	if t.IsZero() {
 		t = l.opts.Now()
 	}
-	r := &Pending{t: t.UnixNano(), data: data, size: size, done: make(chan struct{})}
+	r := &Pending{part: p, t: t.UnixNano(), data: data, size: size, done: make(chan struct{})}
 	l.closeMu.RLock()
 	defer l.closeMu.RUnlock()
 	if l.closed {
 		return nil, fmt.Errorf("append to partition %d: %w", p.id, ErrClosed)
 	}
 	select {
-	case p.queue <- r:
+	case l.queue <- r:
 		return r, nil
 	default:
 	}
 	select {
-	case p.queue <- r:
+	case l.queue <- r:
 		return r, nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("append to partition %d: %w", p.id, ctx.Err())
 	}
+}
+
+// commitLoop is the committer goroutine: group commit of all partitions until stop, then it
+// drains the queue.
+func (l *Log) commitLoop() {
+	defer l.writers.Done()
+	for {
+		var first *Pending
+		select {
+		case first = <-l.queue:
+		case <-l.stop:
+			// Close guarantees no new Submit after stop; finish what is queued.
+			for {
+				select {
+				case r := <-l.queue:
+					l.commit(l.collect(r))
+				default:
+					return
+				}
+			}
+		}
+		l.commit(l.collect(first))
+	}
+}
+
+// collect takes first and whatever else is queued, up to maxGroupBytes.
+func (l *Log) collect(first *Pending) []*Pending {
+	g := append(l.group[:0], first)
+	n := first.size
+	for n < maxGroupBytes {
+		select {
+		case r := <-l.queue:
+			g = append(g, r)
+			n += r.size
+			continue
+		default:
+		}
+		break
+	}
+	l.group = g
+	return g
+}
+
+// commit writes a group to its partitions' segments and the WAL, syncs the WAL once, then
+// publishes every partition's part and releases the waiters.
+func (l *Log) commit(group []*Pending) {
+	touched := l.touched[:0]
+	for _, r := range group {
+		p := r.part
+		if !p.staged {
+			p.staged = true
+			touched = append(touched, p)
+		}
+		p.stage(r)
+	}
+	for _, p := range touched {
+		p.write()
+	}
+	if l.wal != nil {
+		if err := l.wal.commit(); err != nil {
+			// Nothing of the group is known to be durable, and the WAL cannot take more.
+			err = fmt.Errorf("append: %w", err)
+			for _, p := range l.parts {
+				p.fail(err)
+			}
+		}
+	}
+	for _, p := range touched {
+		p.publish()
+		p.staged = false
+	}
+	clear(group)
+	clear(touched)
+	l.touched = touched[:0]
 }
 
 // Append is Submit followed by Wait.

@@ -31,6 +31,8 @@ type Options struct {
 	Logger            *slog.Logger  // nil = discard
 	Now               func() time.Time
 	NoSync            bool // benchmarks/tests only: skip fdatasync (appends are not durable)
+
+	walFileBytes int64 // size of a WAL file; tests make it small to rotate often
 }
 
 // EnsureDefaults fills zero fields with defaults. Partitions is left alone:
@@ -50,6 +52,9 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.walFileBytes == 0 {
+		o.walFileBytes = walFileBytes
 	}
 }
 

@@ -15,10 +15,9 @@ const maxGroupBytes = 4 << 20 // cap on one group commit's write (one request ma
 // partition is one ordered stream. The writer goroutine owns the fields in
 // the "writer" block; mu guards the published, durable state readers use.
 type partition struct {
-	id    int
-	dir   string
-	log   *Log
-	queue chan *Pending
+	id  int
+	dir string
+	log *Log
 
 	mu     sync.RWMutex
 	segs   []*segment // ascending; the last one is active
@@ -37,18 +36,10 @@ type partition struct {
 	buf       []byte
 	inflight  []*Pending
 	entries   []indexEntry
-	flushT0   int64 // time of the first record in buf
-	failed    error // sticky: after a failed write or sync nothing more is appended
-	spare     *spareFile
-	group     []*Pending
-}
-
-// spareFile is a zero-filled segment prepared in the background.
-type spareFile struct {
-	done chan struct{}
-	f    *os.File
-	size int64
-	err  error
+	flushT0   int64       // time of the first record in buf
+	failed    error       // sticky: after a failed write or sync nothing more is appended
+	updates   []segUpdate // written, published when the group is durable
+	staged    bool        // in the committer's current group
 }
 
 func openPartition(l *Log, id int) (*partition, error) {
@@ -57,7 +48,6 @@ func openPartition(l *Log, id int) (*partition, error) {
 		id:     id,
 		dir:    dir,
 		log:    l,
-		queue:  make(chan *Pending, queueLen),
 		notify: make(chan struct{}),
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -69,10 +59,7 @@ func openPartition(l *Log, id int) (*partition, error) {
 	}
 	if len(bases) == 0 {
 		path := filepath.Join(dir, segmentName(0))
-		f, err := createZeroFile(path, l.opts.SegmentBytes, l.opts.NoSync)
-		if err == nil && !l.opts.NoSync {
-			err = syncDir(dir)
-		}
+		f, err := createSegmentFile(path, l.opts.SegmentBytes, l.opts.NoSync)
 		if err != nil {
 			return nil, fmt.Errorf("open partition %d: %w", id, err)
 		}
@@ -173,82 +160,49 @@ func (p *partition) closeFiles() error {
 			s.file = nil
 		}
 	}
-	if sp := p.spare; sp != nil {
-		<-sp.done
-		if sp.f != nil {
-			errs = append(errs, sp.f.Close())
-			errs = append(errs, os.Remove(sp.f.Name()))
-		}
-		p.spare = nil
+	if a := p.active; a != nil && a.file != nil {
+		// A partition that failed after a roll: the new segment was never published.
+		errs = append(errs, a.file.release())
+		a.file = nil
 	}
 	return errors.Join(errs...)
 }
 
-// run is the writer goroutine: group commit until stop, then drain the queue.
-func (p *partition) run(stop <-chan struct{}, done func()) {
-	defer done()
-	for {
-		var first *Pending
-		select {
-		case first = <-p.queue:
-		case <-stop:
-			// Close guarantees no new Submit after stop; finish what is queued.
-			for {
-				select {
-				case r := <-p.queue:
-					p.commitGroup(p.collect(r))
-				default:
-					return
-				}
+// stage encodes r into the write buffer for the committer's current group, writing out what is
+// buffered first when r needs a new segment.
+func (p *partition) stage(r *Pending) {
+	if p.failed != nil {
+		failAll([]*Pending{r}, p.failed)
+		return
+	}
+	if p.woff+int64(len(p.buf))+int64(r.size) > p.active.size {
+		p.write()
+		if p.failed == nil {
+			if err := p.roll(int64(r.size)); err != nil {
+				p.fail(fmt.Errorf("append to partition %d: roll segment: %w", p.id, err))
 			}
 		}
-		p.commitGroup(p.collect(first))
-	}
-}
-
-// collect takes first and whatever else is queued, up to maxGroupBytes.
-func (p *partition) collect(first *Pending) []*Pending {
-	g := append(p.group[:0], first)
-	n := first.size
-	for n < maxGroupBytes {
-		select {
-		case r := <-p.queue:
-			g = append(g, r)
-			n += r.size
-			continue
-		default:
-		}
-		break
-	}
-	p.group = g
-	return g
-}
-
-func (p *partition) commitGroup(group []*Pending) {
-	for i, r := range group {
 		if p.failed != nil {
-			failAll(group[i:], p.failed)
-			break
+			failAll([]*Pending{r}, p.failed)
+			return
 		}
-		if p.woff+int64(len(p.buf))+int64(r.size) > p.active.size {
-			if err := p.flush(); err == nil {
-				err = p.roll(int64(r.size))
-				if err != nil {
-					p.failed = fmt.Errorf("append to partition %d: roll segment: %w", p.id, err)
-					p.log.opts.Logger.Error("telemetry: partition failed", "partition", p.id, "err", err)
-				}
-			}
-			if p.failed != nil {
-				failAll(group[i:], p.failed)
-				break
-			}
-		}
-		p.encode(r)
 	}
+	p.encode(r)
+}
+
+// fail makes the partition refuse appends until reopened and fails what is staged: after a
+// failed write or sync the state of unsynced pages is unknown.
+func (p *partition) fail(err error) {
 	if p.failed == nil {
-		p.flush()
+		p.failed = err
+		p.log.opts.Logger.Error("telemetry: partition failed", "partition", p.id, "err", err)
 	}
-	clear(group) // drop references for the GC
+	failAll(p.inflight, p.failed)
+	clear(p.inflight)
+	p.inflight = p.inflight[:0]
+	p.buf = p.buf[:0]
+	p.entries = p.entries[:0]
+	p.updates = p.updates[:0]
 }
 
 func failAll(rs []*Pending, err error) {
@@ -288,43 +242,64 @@ func (p *partition) encode(r *Pending) {
 	p.inflight = append(p.inflight, r)
 }
 
-// flush writes and syncs the buffer, publishes it to readers and releases
-// its waiters.
-func (p *partition) flush() error {
-	if len(p.buf) == 0 {
-		return nil
+// segUpdate is a change to the partition's published state, applied once the group is durable:
+// new frames at the end of seg, or (when next is set) seg sealed and next made active.
+type segUpdate struct {
+	seg                  *segment
+	end, last, t, firstT int64
+	entries              []indexEntry
+	next                 *segment
+}
+
+// write puts the buffered frames into the active segment (not synced) and into the WAL record
+// of the group.
+func (p *partition) write() {
+	if len(p.buf) == 0 || p.failed != nil {
+		return
 	}
 	s := p.active
-	_, err := s.file.f.WriteAt(p.buf, p.woff)
-	if err == nil && !p.log.opts.NoSync {
-		err = fdatasync(s.file.f)
+	if _, err := s.file.f.WriteAt(p.buf, p.woff); err != nil {
+		p.fail(fmt.Errorf("append to partition %d: %w", p.id, err))
+		return
 	}
-	if err != nil {
-		// After a failed fdatasync the page cache state is unknown; refuse
-		// further appends rather than risk acknowledging lost data.
-		p.failed = fmt.Errorf("append to partition %d: %w", p.id, err)
-		p.log.opts.Logger.Error("telemetry: partition failed", "partition", p.id, "err", err)
-		failAll(p.inflight, p.failed)
-		p.inflight = p.inflight[:0]
-		p.buf = p.buf[:0]
-		return p.failed
+	if w := p.log.wal; w != nil {
+		w.add(p.id, s.file, s.base, p.woff, p.buf)
 	}
 	p.woff += int64(len(p.buf))
-	if p.spare == nil && p.woff >= s.size/2 {
-		// Prepare the next segment once this one is half full: idle
-		// partitions never pay for a spare.
-		p.startSpare()
+	p.updates = append(p.updates, segUpdate{
+		seg: s, end: p.woff, last: p.nextSeq - 1, t: p.wlastT, firstT: p.flushT0,
+		entries: append([]indexEntry(nil), p.entries...),
+	})
+	p.entries = p.entries[:0]
+	if cap(p.buf) > 2*maxGroupBytes {
+		p.buf = nil // a huge batch went through; do not pin its buffer
+	} else {
+		p.buf = p.buf[:0]
 	}
+}
+
+// publish makes the group's writes visible to readers and releases their waiters; the
+// committer calls it once the group is durable.
+func (p *partition) publish() {
+	if len(p.updates) == 0 {
+		return
+	}
+	var sealed []*segment
 	p.mu.Lock()
-	if s.empty() {
-		s.firstTime = p.flushT0
+	for _, u := range p.updates {
+		s := u.seg
+		if u.next != nil {
+			p.segs = append(p.segs, u.next)
+			sealed = append(sealed, s)
+			continue
+		}
+		if s.empty() {
+			s.firstTime = u.firstT
+		}
+		s.end, s.last, s.lastTime = u.end, u.last, u.t
+		s.index = append(s.index, u.entries...)
+		p.next, p.lastT = u.last+1, u.t
 	}
-	s.end = p.woff
-	s.last = p.nextSeq - 1
-	s.lastTime = p.wlastT
-	s.index = append(s.index, p.entries...)
-	p.next = p.nextSeq
-	p.lastT = p.wlastT
 	ch := p.notify
 	p.notify = make(chan struct{})
 	p.mu.Unlock()
@@ -334,23 +309,22 @@ func (p *partition) flush() error {
 		p.inflight[i] = nil
 	}
 	p.inflight = p.inflight[:0]
-	p.entries = p.entries[:0]
-	if cap(p.buf) > 2*maxGroupBytes {
-		p.buf = nil // a huge batch went through; do not pin its buffer
-	} else {
-		p.buf = p.buf[:0]
+	clear(p.updates)
+	p.updates = p.updates[:0]
+	for _, s := range sealed {
+		p.seal(s)
 	}
-	return nil
 }
 
-// roll seals the active segment and starts a new one that can hold need bytes.
+// roll starts a new active segment that can hold need bytes; the old one is sealed when the
+// group is published.
 func (p *partition) roll(need int64) error {
 	old := p.active
 	size := max(p.log.opts.SegmentBytes, need)
-	if old.empty() {
+	if old.empty() && len(p.updates) == 0 {
 		// Nothing to seal (a fresh segment too small for a huge batch): grow it.
-		if err := fillZeros(old.file.f, old.size, size, p.log.opts.NoSync); err != nil {
-			return err
+		if err := old.file.f.Truncate(size); err != nil {
+			return fmt.Errorf("grow segment: %w", err)
 		}
 		p.mu.Lock()
 		old.size = size
@@ -358,25 +332,12 @@ func (p *partition) roll(need int64) error {
 		return nil
 	}
 	path := filepath.Join(p.dir, segmentName(p.nextSeq))
-	f, err := p.takeSpare(path, size)
+	f, err := createSegmentFile(path, size, p.log.opts.NoSync)
 	if err != nil {
 		return err
 	}
 	s := &segment{base: p.nextSeq, path: path, size: size, last: p.nextSeq - 1, file: newFileRef(f)}
-	p.mu.Lock()
-	p.segs = append(p.segs, s)
-	oldFile := old.file
-	old.file = nil
-	p.mu.Unlock()
-	// Sealed: give back the zero tail. Not synced; if lost, the tail just stays zero.
-	if err := oldFile.f.Truncate(old.end); err != nil {
-		p.log.opts.Logger.Warn("telemetry: truncate sealed segment", "segment", old.path, "err", err)
-	} else {
-		p.mu.Lock()
-		old.size = old.end
-		p.mu.Unlock()
-	}
-	oldFile.release()
+	p.updates = append(p.updates, segUpdate{seg: old, next: s})
 	p.active = s
 	p.woff = 0
 	p.lastIndex = -indexInterval
@@ -384,51 +345,25 @@ func (p *partition) roll(need int64) error {
 	return nil
 }
 
-// startSpare prepares the next segment file in the background so a roll
-// does not stall appends while zero-filling.
-func (p *partition) startSpare() {
-	if p.spare != nil {
+// seal gives back a sealed segment's unused tail and drops the partition's handle: readers
+// open sealed segments by path.
+func (p *partition) seal(s *segment) {
+	p.mu.Lock()
+	file := s.file
+	s.file = nil
+	p.mu.Unlock()
+	if file == nil {
 		return
 	}
-	sp := &spareFile{done: make(chan struct{}), size: p.log.opts.SegmentBytes}
-	p.spare = sp
-	go func() {
-		defer close(sp.done)
-		sp.f, sp.err = createZeroFile(filepath.Join(p.dir, spareName), sp.size, p.log.opts.NoSync)
-	}()
-}
-
-// takeSpare turns the spare (or a new file) into the segment file path of at
-// least size bytes.
-func (p *partition) takeSpare(path string, size int64) (*os.File, error) {
-	var f *os.File
-	if sp := p.spare; sp != nil {
-		p.spare = nil
-		<-sp.done
-		if sp.err == nil && sp.size >= size {
-			if err := os.Rename(sp.f.Name(), path); err != nil {
-				sp.f.Close()
-				return nil, fmt.Errorf("install segment: %w", err)
-			}
-			f = sp.f
-		} else if sp.f != nil {
-			sp.f.Close()
-			os.Remove(sp.f.Name())
-		}
+	// Not synced; if lost, the tail just stays zero.
+	if err := file.f.Truncate(s.end); err != nil {
+		p.log.opts.Logger.Warn("telemetry: truncate sealed segment", "segment", s.path, "err", err)
+	} else {
+		p.mu.Lock()
+		s.size = s.end
+		p.mu.Unlock()
 	}
-	if f == nil {
-		var err error
-		if f, err = createZeroFile(path, size, p.log.opts.NoSync); err != nil {
-			return nil, err
-		}
-	}
-	if !p.log.opts.NoSync {
-		if err := syncDir(p.dir); err != nil {
-			f.Close()
-			return nil, err
-		}
-	}
-	return f, nil
+	file.release()
 }
 
 // enforceRetention drops the oldest sealed segments that are older than

@@ -16,7 +16,6 @@ import (
 
 const (
 	segSuffix     = ".seg"
-	spareName     = "spare.tmp"
 	indexInterval = 16 << 10 // bytes of frames between sparse index entries
 	zeroChunk     = 1 << 20
 )
@@ -251,6 +250,28 @@ func createZeroFile(path string, size int64, noSync bool) (*os.File, error) {
 		f.Close()
 		os.Remove(path)
 		return nil, err
+	}
+	return f, nil
+}
+
+// createSegmentFile creates path as an empty (sparse) segment of size bytes and, unless
+// noSync, makes it and its name durable before the WAL can refer to it. Segments need no
+// preallocated blocks: they are synced only by checkpoints, in bulk.
+func createSegmentFile(path string, size int64, noSync bool) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("create segment: %w", err)
+	}
+	err = f.Truncate(size)
+	if err == nil && !noSync {
+		if err = fdatasync(f); err == nil {
+			err = syncDir(filepath.Dir(path))
+		}
+	}
+	if err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, fmt.Errorf("create segment: %w", err)
 	}
 	return f, nil
 }
