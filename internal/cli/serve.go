@@ -1,9 +1,12 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/tetherhub/tether/internal/auth"
@@ -28,6 +31,8 @@ type ServeCmd struct {
 	RetentionInterval time.Duration `name:"retention-interval" env:"TETHER_RETENTION_INTERVAL" default:"1m" help:"How often telemetry past retention is removed."`
 	MaxConsumerGroups int           `name:"max-consumer-groups" env:"TETHER_MAX_CONSUMER_GROUPS" default:"20" help:"Most consumer groups of the built-in endpoint, $Default included."`
 
+	DebugAddr string `name:"debug-addr" env:"TETHER_DEBUG_ADDR" help:"Serve Go's pprof profiles (/debug/pprof/) on this address, plain HTTP without authentication: bind it to loopback. Off by default."`
+
 	C2D C2DSettingsFlags `embed:""`
 }
 
@@ -45,6 +50,14 @@ func (s *ServeCmd) Run(env *Env, c *CLI) error {
 	if s.LogFormat == "json" {
 		handler = slog.NewJSONHandler(env.Stderr, opts)
 	}
+	logger := slog.New(handler)
+	if s.DebugAddr != "" {
+		stop, err := serveDebug(s.DebugAddr, logger)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	cfg := server.Config{
 		DataDir:        c.DataDir,
 		HubName:        s.HubName,
@@ -58,7 +71,7 @@ func (s *ServeCmd) Run(env *Env, c *CLI) error {
 		HostNames:      s.HostNames,
 		TLSCertFile:    s.TLSCert,
 		TLSKeyFile:     s.TLSKey,
-		Logger:         slog.New(handler),
+		Logger:         logger,
 
 		RetentionInterval: s.RetentionInterval,
 		MaxConsumerGroups: s.MaxConsumerGroups,
@@ -92,4 +105,26 @@ func deviceConnectionString(t *hubTarget, deviceID, moduleID, key string) string
 		cs.GatewayHostName = net.JoinHostPort(t.hostName, t.mqttPort)
 	}
 	return cs.String()
+}
+
+// serveDebug serves the pprof handlers on their own listener, away from the authenticated APIs.
+func serveDebug(addr string, logger *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--debug-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("debug listener stopped", "addr", addr, "err", err)
+		}
+	}()
+	logger.Info("pprof profiles served", "addr", ln.Addr().String())
+	return func() { srv.Close() }, nil
 }
