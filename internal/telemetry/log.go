@@ -133,17 +133,21 @@ func Open(opts Options) (*Log, error) {
 	}
 	opts.Partitions = n
 	l := &Log{opts: opts, lock: lock, stop: make(chan struct{}), queue: make(chan *Pending, queueLen)}
-	var walFiles []*walFile
-	var maxEpoch uint64
-	if !opts.NoSync {
-		// Before the partitions are scanned: replay restores acknowledged records whose
-		// segment pages the crash lost.
-		if walFiles, maxEpoch, err = replayWAL(opts.Dir, n, opts.Logger); err != nil {
+	l.bufs.New = func() any { b := make([]byte, readBufSize); return &b }
+	// Before the partitions are scanned: replay restores acknowledged records whose segment
+	// pages a crash lost. Also with NoSync, so that its recovery never rewrites what a WAL
+	// still holds.
+	walFiles, maxEpoch, err := replayWAL(opts.Dir, n, opts.Logger)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	if opts.NoSync {
+		if err := removeWALFiles(walFiles); err != nil {
 			lock.Close()
 			return nil, err
 		}
 	}
-	l.bufs.New = func() any { b := make([]byte, readBufSize); return &b }
 	// Partitions recover independently: scanning them in parallel divides the time to open a
 	// large log by up to the number of cores (the scan is CPU-bound when the files are cached).
 	// One scan per core at most: each holds a read buffer of zeroChunk bytes.
@@ -163,6 +167,11 @@ func Open(opts Options) (*Log, error) {
 		for _, q := range l.parts {
 			if q != nil {
 				q.closeFiles()
+			}
+		}
+		for _, f := range walFiles {
+			if !opts.NoSync {
+				f.f.Close()
 			}
 		}
 		lock.Close()

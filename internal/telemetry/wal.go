@@ -313,8 +313,12 @@ func (w *wal) close() error {
 	clear(w.dirty)
 	close(w.jobs)
 	<-w.done
-	if next := <-w.prepared; next != nil {
-		errs = append(errs, next.f.Close())
+	select {
+	case next := <-w.prepared:
+		if next != nil {
+			errs = append(errs, next.f.Close())
+		}
+	default: // a failed rotation took the last one
 	}
 	if errors.Join(errs...) == nil && w.failed == nil && w.cur.off > 0 {
 		var zero [walHeaderSize]byte
@@ -369,6 +373,21 @@ func replayWAL(dir string, partitions int, logger *slog.Logger) ([]*walFile, uin
 	return files, maxEpoch, nil
 }
 
+// removeWALFiles deletes replayed WAL files (a log opened with NoSync runs without a WAL).
+func removeWALFiles(files []*walFile) error {
+	var errs []error
+	for _, f := range files {
+		f.f.Close()
+		if err := os.Remove(f.path); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove replayed WAL files: %w", err)
+	}
+	return nil
+}
+
 type replayer struct {
 	dir        string
 	partitions int
@@ -379,6 +398,10 @@ type replayer struct {
 	records    int
 	rewritten  int64
 }
+
+// Every segment a record covers is synced, not only those replay changed: after a process
+// crash (no reboot) the bytes are there but possibly only in the page cache, and the WAL files
+// are recycled once replay returns.
 
 func (r *replayer) replayFile(wf *walFile) error {
 	f, err := os.OpenFile(wf.path, os.O_RDWR, 0)
@@ -485,11 +508,13 @@ func (r *replayer) apply(part int, base, off int64, frames []byte) error {
 	return nil
 }
 
-// finish syncs the segments replay changed and closes them.
+// finish syncs the segments the records cover and closes them.
 func (r *replayer) finish() error {
 	var errs []error
-	for f := range r.changed {
-		errs = append(errs, fdatasync(f))
+	for _, f := range r.segs {
+		if f != nil {
+			errs = append(errs, fdatasync(f))
+		}
 	}
 	r.closeAll()
 	if err := errors.Join(errs...); err != nil {
