@@ -203,19 +203,23 @@ func (h *Hub) stamp(msg *message.Message, from Origin, now time.Time) {
 }
 
 // The auth-method stamps of SAS identities: built once, not for every message.
-var sasAuthMethods = map[string]string{}
+var (
+	sasDeviceAuthMethod = auth.DeviceIdentity{Scope: "device", Type: "sas", Issuer: "iothub"}.AuthMethodJSON()
+	sasModuleAuthMethod = auth.DeviceIdentity{Scope: "module", Type: "sas", Issuer: "iothub"}.AuthMethodJSON()
+	sasHubAuthMethod    = auth.DeviceIdentity{Scope: "hub", Type: "sas", Issuer: "iothub"}.AuthMethodJSON()
+)
 
-func init() {
-	for _, scope := range []string{"device", "module", "hub"} {
-		sasAuthMethods[scope] = auth.DeviceIdentity{Scope: scope, Type: "sas", Issuer: "iothub"}.AuthMethodJSON()
-	}
-}
-
-// authMethodJSON is id.AuthMethodJSON() without an allocation for the usual identities.
+// authMethodJSON is id.AuthMethodJSON() without an allocation (or a map lookup) for the usual
+// identities.
 func authMethodJSON(id auth.DeviceIdentity) string {
 	if id.Type == "sas" && id.Issuer == "iothub" {
-		if s, ok := sasAuthMethods[id.Scope]; ok {
-			return s
+		switch id.Scope {
+		case "device":
+			return sasDeviceAuthMethod
+		case "module":
+			return sasModuleAuthMethod
+		case "hub":
+			return sasHubAuthMethod
 		}
 	}
 	return id.AuthMethodJSON()

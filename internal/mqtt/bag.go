@@ -21,14 +21,11 @@ type BagEntry struct {
 // one with a malformed escape is kept exactly as sent.
 func ParseBag(bag string) []BagEntry {
 	var out []BagEntry
-	eachBagEntry(bag, func(e BagEntry) { out = append(out, e) })
-	return out
-}
-
-func eachBagEntry(bag string, fn func(BagEntry)) {
+	d := newBagDecoder(bag)
 	eachBagToken(bag, func(name, value string, hasValue bool) {
-		fn(BagEntry{Name: unescape(name), Value: unescape(value), NoValue: !hasValue})
+		out = append(out, BagEntry{Name: d.unescape(name), Value: d.unescape(value), NoValue: !hasValue})
 	})
+	return out
 }
 
 // eachBagToken calls fn with each token's raw (still encoded) name and value.
@@ -61,29 +58,102 @@ const (
 // unknown "$." names, becomes an application property under its decoded name. Entries with an
 // empty name are dropped. Later entries win.
 func ApplyBag(msg *message.Message, bag string) {
+	d := newBagDecoder(bag)
 	eachBagToken(bag, func(rawName, rawValue string, _ bool) {
 		// Fast path for the form every SDK writes system keys in ("%24.mid"): no decoding.
 		if key, ok := strings.CutPrefix(rawName, "%24."); ok && strings.IndexByte(key, '%') < 0 {
 			if f := systemField(msg, key); f != nil {
-				*f = unescape(rawValue)
+				*f = d.unescape(rawValue)
 				return
 			}
 		}
-		name := unescape(rawName)
+		name := d.unescape(rawName)
 		if name == "" {
 			return
 		}
 		if key, ok := strings.CutPrefix(name, "$."); ok {
 			if f := systemField(msg, key); f != nil {
-				*f = unescape(rawValue)
+				*f = d.unescape(rawValue)
 				return
 			}
 			if key == "cdid" || key == "cmid" {
 				return
 			}
 		}
-		msg.SetProperty(name, unescape(rawValue))
+		msg.SetProperty(name, d.unescape(rawValue))
 	})
+}
+
+// bagDecoder percent-decodes the names and values of one bag into one shared buffer, so a bag
+// costs at most one allocation, and none when nothing in it is escaped (the decoded strings of
+// a bag without escapes are substrings of the bag).
+type bagDecoder struct {
+	buf strings.Builder // only appended to: the strings handed out stay valid
+	max int             // what the bag's escaped names and values decode to, at most: one Grow
+}
+
+// newBagDecoder decodes the tokens of bag. Each well-formed escape shrinks by two bytes, so
+// what decoding writes is bounded by the bag's length less that, unless malformed escapes
+// (not decoded) make the bound short: the buffer then grows, and nothing else changes.
+func newBagDecoder(bag string) bagDecoder {
+	return bagDecoder{max: len(bag) - 2*strings.Count(bag, "%")}
+}
+
+// unescape percent-decodes s with url.PathUnescape's rules: "%XX" (hex, either case) is the
+// byte XX, '+' stays '+', and s with any malformed escape ('%' not followed by two hex digits)
+// is returned as it is.
+func (d *bagDecoder) unescape(s string) string {
+	i := strings.IndexByte(s, '%')
+	if i < 0 || !wellEscaped(s, i) {
+		return s
+	}
+	if d.buf.Cap() == 0 {
+		d.buf.Grow(max(d.max, len(s)))
+	}
+	start := d.buf.Len()
+	for i >= 0 {
+		d.buf.WriteString(s[:i])
+		d.buf.WriteByte(unhex(s[i+1])<<4 | unhex(s[i+2]))
+		s = s[i+3:]
+		i = strings.IndexByte(s, '%')
+	}
+	d.buf.WriteString(s)
+	return d.buf.String()[start:]
+}
+
+// unescape percent-decodes s like bagDecoder.unescape, allocating only when s is escaped.
+func unescape(s string) string {
+	var d bagDecoder
+	return d.unescape(s)
+}
+
+// wellEscaped reports whether every '%' in s, the first at i, is followed by two hex digits.
+func wellEscaped(s string, i int) bool {
+	for {
+		if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
+			return false
+		}
+		k := strings.IndexByte(s[i+3:], '%')
+		if k < 0 {
+			return true
+		}
+		i += 3 + k
+	}
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+// unhex is the value of the hex digit c (isHex(c) holds).
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c >= 'a':
+		return c - 'a' + 10
+	}
+	return c - 'A' + 10
 }
 
 // systemField maps a property-bag system key (without "$.") to the message field it sets.

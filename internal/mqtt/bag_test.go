@@ -1,6 +1,7 @@
 package mqtt
 
 import (
+	"net/url"
 	"reflect"
 	"strings"
 	"testing"
@@ -158,4 +159,111 @@ func TestParseEventsTopic(t *testing.T) {
 			t.Errorf("parseEventsTopic(%q) = %q, %q, %q, %v", tt.topic, d, m, bag, ok)
 		}
 	}
+}
+
+func TestUnescape(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"", ""},
+		{"plain", "plain"},
+		{"a+b", "a+b"}, // '+' is not a space in a topic
+		{"%24.mid", "$.mid"},
+		{"%2f%2F", "//"}, // hex digits in either case
+		{"%aB%Cd", "\xab\xcd"},
+		{"x%20y%20", "x y "},
+		{"%00", "\x00"},
+		{"%ff%FE", "\xff\xfe"},
+		{"%25", "%"},
+		{"%2525", "%25"}, // decoded once
+		{"%", "%"},       // malformed: kept as sent
+		{"%4", "%4"},
+		{"a%4", "a%4"},
+		{"%zz", "%zz"},
+		{"%g0", "%g0"},
+		{"%0g", "%0g"},
+		{"%20%", "%20%"},   // one malformed escape keeps the whole string
+		{"%20%2", "%20%2"}, // at the end
+		{"ok%20then%x", "ok%20then%x"},
+		{"%%20", "%%20"},
+		{"ü%C3%BC", "üü"},
+	}
+	for _, tt := range tests {
+		if got := unescape(tt.in); got != tt.want {
+			t.Errorf("unescape(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+		if got, want := unescape(tt.in), refUnescape(tt.in); got != want {
+			t.Errorf("unescape(%q) = %q, url.PathUnescape gives %q", tt.in, got, want)
+		}
+	}
+}
+
+// TestApplyBagAllocations: a bag costs one allocation for all its escaped names and values, and
+// none when nothing is escaped (beyond the properties map, which the plain twin of each bag
+// needs as well).
+func TestApplyBagAllocations(t *testing.T) {
+	tests := []struct{ escaped, plain string }{
+		{"%24.mid=m1&%24.ct=application%2Fjson&%24.to=%2Fdevices%2Fd&%24.exp=2030-01-01T00%3A00%3A00Z",
+			"%24.mid=m1&%24.ct=application-json&%24.to=-devices-d&%24.exp=2030-01-01T00-00-00Z"},
+		{"%24.ct=application%2Fjson&custom%20key=custom%20value&%24.diagid=x",
+			"%24.ct=application-json&custom-key=custom-value&$.diagid=x"},
+	}
+	allocs := func(bag string) float64 {
+		return testing.AllocsPerRun(100, func() {
+			var m message.Message
+			ApplyBag(&m, bag)
+		})
+	}
+	if n := allocs("%24.mid=m1&%24.cid=c1&%24.ce=utf-8"); n != 0 {
+		t.Errorf("a bag of system properties without escapes: %v allocations", n)
+	}
+	for _, tt := range tests {
+		if got, want := allocs(tt.escaped), allocs(tt.plain)+1; got != want {
+			t.Errorf("ApplyBag(%q): %v allocations, want %v", tt.escaped, got, want)
+		}
+	}
+}
+
+// refUnescape and refApplyBag are the bag decoding as it was written with net/url: the fuzz
+// target holds ApplyBag and ParseBag to them.
+func refUnescape(s string) string {
+	if strings.IndexByte(s, '%') < 0 {
+		return s
+	}
+	d, err := url.PathUnescape(s)
+	if err != nil {
+		return s
+	}
+	return d
+}
+
+func refApplyBag(msg *message.Message, bag string) {
+	eachBagToken(bag, func(rawName, rawValue string, _ bool) {
+		if key, ok := strings.CutPrefix(rawName, "%24."); ok && strings.IndexByte(key, '%') < 0 {
+			if f := systemField(msg, key); f != nil {
+				*f = refUnescape(rawValue)
+				return
+			}
+		}
+		name := refUnescape(rawName)
+		if name == "" {
+			return
+		}
+		if key, ok := strings.CutPrefix(name, "$."); ok {
+			if f := systemField(msg, key); f != nil {
+				*f = refUnescape(rawValue)
+				return
+			}
+			if key == "cdid" || key == "cmid" {
+				return
+			}
+		}
+		msg.SetProperty(name, refUnescape(rawValue))
+	})
+}
+
+func refParseBag(bag string) []BagEntry {
+	var out []BagEntry
+	eachBagToken(bag, func(name, value string, hasValue bool) {
+		out = append(out, BagEntry{Name: refUnescape(name), Value: refUnescape(value), NoValue: !hasValue})
+	})
+	return out
 }

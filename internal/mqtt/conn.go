@@ -101,8 +101,15 @@ type conn struct {
 
 	stopping atomic.Bool // stop reading; drain the pending PUBACKs, then close
 
-	wmu  sync.Mutex // serialises writes
-	wbuf [4]byte    // scratch for the fixed-size packets, guarded by wmu
+	// Deadlines. On TCP (reads and writes) and TLS over TCP (reads) they are set lazily: see
+	// armRead and writeLocked.
+	lazyRead, lazyWrite bool
+	readBy              time.Time // when the packet being read must have arrived; reader only
+	readSet             time.Time // the read deadline last set on nc; reader only
+
+	wmu      sync.Mutex // serialises writes
+	wbuf     [4]byte    // scratch for the fixed-size packets, guarded by wmu
+	writeSet time.Time  // the write deadline last set on nc, guarded by wmu
 
 	mu       sync.Mutex
 	reason   closeReason
@@ -120,10 +127,9 @@ type conn struct {
 
 func newConn(ctx context.Context, s *Server, nc net.Conn, transport string) *conn {
 	cctx, cancel := context.WithCancel(ctx)
-	return &conn{
+	c := &conn{
 		s:         s,
 		nc:        nc,
-		br:        bufio.NewReaderSize(nc, readBufferSize),
 		transport: transport,
 		parent:    ctx,
 		ctx:       cctx,
@@ -132,6 +138,29 @@ func newConn(ctx context.Context, s *Server, nc net.Conn, transport string) *con
 		space:     make(chan struct{}, 1),
 		c2dQoS:    -1,
 	}
+	c.lazyRead, c.lazyWrite = lazyDeadlines(nc)
+	if c.lazyRead {
+		c.br = bufio.NewReaderSize(keepAliveReader{c}, readBufferSize)
+	} else {
+		c.br = bufio.NewReaderSize(nc, readBufferSize)
+	}
+	return c
+}
+
+// lazyDeadlines reports whether a deadline of nc that passes too early can be extended and the
+// read or write carried on, as if nothing happened: true for TCP; for TLS only reads (a read
+// timeout is temporary in crypto/tls, a write timeout breaks the connection). Other
+// connections (WebSocket: a timeout in the middle of a frame loses it) get exact deadlines on
+// every packet.
+func lazyDeadlines(nc net.Conn) (read, write bool) {
+	switch nc := nc.(type) {
+	case *net.TCPConn:
+		return true, true
+	case *tls.Conn:
+		_, tcp := nc.NetConn().(*net.TCPConn)
+		return tcp, false
+	}
+	return false, false
 }
 
 func (c *conn) logger() *slog.Logger {
@@ -261,10 +290,11 @@ func (c *conn) submitWill() {
 	}
 }
 
-// readPacket reads one packet whose bytes must all arrive before deadline.
+// readPacket reads one packet whose bytes must all arrive before deadline. The body may alias
+// the read buffer: it is valid until the next read.
 func (c *conn) readPacket(deadline time.Time) (packets.FixedHeader, []byte, error) {
 	var fh packets.FixedHeader
-	if err := c.nc.SetReadDeadline(deadline); err != nil {
+	if err := c.armRead(deadline); err != nil {
 		return fh, nil, err
 	}
 	if c.stopping.Load() {
@@ -286,8 +316,60 @@ func (c *conn) readPacket(deadline time.Time) (packets.FixedHeader, []byte, erro
 			errProtocol, packets.PacketNames[fh.Type], n, c.s.opts.MaxPacketSize)
 	}
 	fh.Remaining = n
-	body, err := readN(c.br, n)
-	return fh, body, err
+	if n == 0 || n > c.br.Size() {
+		body, err := readN(c.br, n)
+		return fh, body, err
+	}
+	// A packet that fits the buffer is read in place: no copy, no allocation.
+	body, err := c.br.Peek(n)
+	if err != nil {
+		if err == io.EOF && len(body) > 0 {
+			err = io.ErrUnexpectedEOF // as io.ReadFull reports a packet cut short
+		}
+		return fh, nil, err
+	}
+	c.br.Discard(n)
+	return fh, body, nil
+}
+
+// armRead makes the reads of the next packet fail once deadline passes. With lazy deadlines
+// the one on the socket is moved only when it is later than deadline or earlier by half the
+// keep-alive or more, so a device that keeps sending changes it (a timer in the runtime) at
+// most twice per keep-alive period instead of once per packet; when it passes before
+// deadline, keepAliveReader moves it to deadline and the read goes on, so a connection still
+// times out exactly at deadline.
+func (c *conn) armRead(deadline time.Time) error {
+	c.readBy = deadline
+	if c.lazyRead && !c.readSet.After(deadline) && deadline.Sub(c.readSet) < c.keepAlive/2 {
+		return nil
+	}
+	c.readSet = deadline
+	return c.nc.SetReadDeadline(deadline)
+}
+
+// keepAliveReader is what the read buffer of a connection with lazy read deadlines reads from:
+// nc, except that a read deadline that passed before the packet's own (readBy) is moved to it
+// and the read carried on. Only the reader goroutine reads.
+type keepAliveReader struct{ c *conn }
+
+func (r keepAliveReader) Read(p []byte) (int, error) {
+	c := r.c
+	for {
+		n, err := c.nc.Read(p)
+		if n > 0 || err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || c.stopping.Load() ||
+			c.readSet.Equal(c.readBy) || !time.Now().Before(c.readBy) {
+			return n, err
+		}
+		// stop() sets stopping before its own deadline: checked after this one is set, a stop
+		// either is seen here or sets its deadline after this one.
+		c.readSet = c.readBy
+		if serr := c.nc.SetReadDeadline(c.readBy); serr != nil {
+			return 0, serr
+		}
+		if c.stopping.Load() {
+			return 0, err
+		}
+	}
 }
 
 // readLength reads MQTT's variable-length remaining length (at most 4 bytes).
@@ -531,14 +613,16 @@ func (c *conn) handlePublish(fh packets.FixedHeader, body []byte) error {
 	if d != c.deviceID || m != c.moduleID {
 		return fmt.Errorf("%w: PUBLISH on another identity's topic %q", errProtocol, clip(pk.TopicName))
 	}
-	// The packet buffer is not reused, so the message may keep pointing into it.
-	msg := newMessage(bag, pk.Payload, fh.Retain)
 	if fh.Qos == 1 {
 		if err := c.waitForWindow(); err != nil {
 			return err
 		}
 	}
-	r, err := c.dev.Submit(c.ctx, msg)
+	// The message points into the packet, which is valid until the next read, and is recycled
+	// once Submit returns: Device.Submit keeps neither.
+	pm := msgPool.Get().(*pooledMessage)
+	r, err := c.dev.Submit(c.ctx, pm.build(bag, pk.Payload, fh.Retain))
+	pm.recycle()
 	if err != nil {
 		return fmt.Errorf("%w: %w", errRefused, err)
 	}
@@ -550,11 +634,49 @@ func (c *conn) handlePublish(fh packets.FixedHeader, body []byte) error {
 
 func newMessage(bag string, body []byte, retain bool) *message.Message {
 	msg := &message.Message{Body: body}
+	fillMessage(msg, bag, retain)
+	return msg
+}
+
+func fillMessage(msg *message.Message, bag string, retain bool) {
 	ApplyBag(msg, bag)
 	if retain {
 		msg.SetProperty(PropRetain, "true")
 	}
-	return msg
+}
+
+// pooledMessage is a PUBLISH's message, with an application properties map kept for the next.
+type pooledMessage struct {
+	msg   message.Message
+	props map[string]string // empty between uses
+}
+
+var msgPool = sync.Pool{New: func() any { return new(pooledMessage) }}
+
+// maxPooledProperties bounds the properties map kept for the next message.
+const maxPooledProperties = 32
+
+// build makes the message of a PUBLISH, as newMessage does.
+func (pm *pooledMessage) build(bag string, body []byte, retain bool) *message.Message {
+	pm.msg = message.Message{Body: body, Properties: pm.props}
+	fillMessage(&pm.msg, bag, retain)
+	if len(pm.msg.Properties) == 0 {
+		pm.msg.Properties = nil // as newMessage leaves a message without properties
+	} else {
+		pm.props = pm.msg.Properties
+	}
+	return &pm.msg
+}
+
+// recycle returns pm to the pool; the message it built must no longer be used.
+func (pm *pooledMessage) recycle() {
+	if len(pm.props) > maxPooledProperties {
+		pm.props = nil
+	} else {
+		clear(pm.props)
+	}
+	pm.msg = message.Message{}
+	msgPool.Put(pm)
 }
 
 // waitForWindow blocks while MaxInflight publishes await durability: not reading is the
@@ -843,11 +965,7 @@ func (c *conn) failOutbound() {
 func (c *conn) write(b []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if err := c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout)); err != nil {
-		return err
-	}
-	_, err := c.nc.Write(b)
-	return err
+	return c.writeLocked(b)
 }
 
 // writeShort sends a packet of at most 4 bytes (CONNACK, PUBACK, UNSUBACK, PINGRESP) without
@@ -856,11 +974,34 @@ func (c *conn) writeShort(p ...byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	n := copy(c.wbuf[:], p)
-	if err := c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout)); err != nil {
-		return err
+	return c.writeLocked(c.wbuf[:n])
+}
+
+// writeLocked sends b within WriteTimeout; c.wmu is held. With lazy deadlines (TCP) the
+// deadline on the socket is moved only when it is earlier than this write's by half of
+// WriteTimeout or more (or later), so back-to-back PUBACKs do not change a runtime timer each;
+// a write that times out before its own deadline gets that deadline and goes on with the bytes
+// not yet written, so a stuck device is still given up on exactly WriteTimeout after the write.
+func (c *conn) writeLocked(b []byte) error {
+	deadline := time.Now().Add(c.s.opts.WriteTimeout)
+	if !c.lazyWrite || c.writeSet.After(deadline) || deadline.Sub(c.writeSet) >= c.s.opts.WriteTimeout/2 {
+		c.writeSet = deadline
+		if err := c.nc.SetWriteDeadline(deadline); err != nil {
+			return err
+		}
 	}
-	_, err := c.nc.Write(c.wbuf[:n])
-	return err
+	for {
+		n, err := c.nc.Write(b)
+		if err == nil || !c.lazyWrite || !errors.Is(err, os.ErrDeadlineExceeded) ||
+			c.writeSet.Equal(deadline) || !time.Now().Before(deadline) {
+			return err
+		}
+		b = b[n:]
+		c.writeSet = deadline
+		if err := c.nc.SetWriteDeadline(deadline); err != nil {
+			return err
+		}
+	}
 }
 
 // clip shortens s for a log line.

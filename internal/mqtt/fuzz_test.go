@@ -13,14 +13,27 @@ import (
 	"github.com/tetherhub/tether/internal/message"
 )
 
-// FuzzParseBag: parsing never panics, and what EncodeBag writes ParseBag reads back unchanged.
-// Seeds: testdata/fuzz/FuzzParseBag (the captured topics' bags).
+// FuzzParseBag: parsing never panics, decodes as net/url's PathUnescape did (refApplyBag), and
+// what EncodeBag writes ParseBag reads back unchanged. Seeds: testdata/fuzz/FuzzParseBag (the
+// captured topics' bags, and malformed and mixed-case escapes).
 func FuzzParseBag(f *testing.F) {
 	f.Add("%24.mid=m1&a=b", "$.ct", "application/json")
 	f.Fuzz(func(t *testing.T, bag, name, value string) {
-		var m message.Message
+		var m, ref message.Message
 		ApplyBag(&m, bag)
+		refApplyBag(&ref, bag)
+		if !reflect.DeepEqual(m, ref) {
+			t.Fatalf("ApplyBag(%q) = %+v, net/url decoding gives %+v", bag, m, ref)
+		}
 		entries := ParseBag(bag)
+		if ref := refParseBag(bag); !reflect.DeepEqual(entries, ref) {
+			t.Fatalf("ParseBag(%q) = %+v, net/url decoding gives %+v", bag, entries, ref)
+		}
+		for _, s := range []string{bag, name, value} {
+			if got, want := unescape(s), refUnescape(s); got != want {
+				t.Fatalf("unescape(%q) = %q, url.PathUnescape gives %q", s, got, want)
+			}
+		}
 		for _, e := range entries {
 			if e.NoValue && e.Value != "" {
 				t.Fatalf("entry %+v has a value and NoValue", e)

@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -128,7 +130,8 @@ func (d *fakeDevice) Submit(ctx context.Context, msg *message.Message) (Receipt,
 	if err := msg.Validate(); err != nil {
 		return nil, err
 	}
-	h.submitted = append(h.submitted, msg)
+	// The server reuses msg once Submit returns (Device.Submit): keep a copy.
+	h.submitted = append(h.submitted, cloneMessage(msg))
 	switch {
 	case h.manual:
 		r := &manualReceipt{done: make(chan error, 1)}
@@ -138,6 +141,28 @@ func (d *fakeDevice) Submit(ctx context.Context, msg *message.Message) (Receipt,
 		return delayReceipt{at: time.Now().Add(h.delay), err: h.waitErr}, nil
 	}
 	return doneReceipt{h.waitErr}, nil
+}
+
+// cloneMessage is a deep copy of m sharing no memory with it.
+func cloneMessage(m *message.Message) *message.Message {
+	c := *m
+	v := reflect.ValueOf(&c).Elem()
+	for i := range v.NumField() {
+		if f := v.Field(i); f.Kind() == reflect.String {
+			f.SetString(strings.Clone(f.String()))
+		}
+	}
+	c.Body = bytes.Clone(m.Body)
+	if m.Properties != nil {
+		c.Properties = make(map[string]string, len(m.Properties))
+		for k, v := range m.Properties {
+			c.Properties[strings.Clone(k)] = strings.Clone(v)
+		}
+	}
+	if m.Routing != nil {
+		c.Routing = &message.Routing{Routes: slices.Clone(m.Routing.Routes), Endpoints: slices.Clone(m.Routing.Endpoints)}
+	}
+	return &c
 }
 
 func (d *fakeDevice) Disconnected(graceful bool) {

@@ -41,7 +41,10 @@ type Device interface {
 	Expiry() time.Time
 	// Submit validates and stamps msg and enqueues it for durable storage in arrival order; the
 	// returned Receipt's Wait reports when it is durable. A validation error (message.ErrTooLarge
-	// or message.ErrInvalid, wrapped) is returned at once.
+	// or message.ErrInvalid, wrapped) is returned at once. msg, its Body, its strings and its
+	// Properties are the server's again once Submit returns (they point into the connection's
+	// read buffer, and the message is reused for the next PUBLISH): Submit must copy (encode)
+	// whatever it keeps.
 	Submit(ctx context.Context, msg *message.Message) (Receipt, error)
 	// Disconnected is called exactly once when the connection ends (graceful=true after a
 	// DISCONNECT packet).

@@ -61,7 +61,9 @@ func BenchmarkDecode(b *testing.B) {
 					err = pk.PublishDecode(body)
 					if err == nil {
 						_, _, bag, _ := parseEventsTopic(pk.TopicName)
-						newMessage(bag, pk.Payload, false)
+						pm := msgPool.Get().(*pooledMessage)
+						pm.build(bag, pk.Payload, false)
+						pm.recycle()
 					}
 				case packets.Puback:
 					if len(body) != 2 {

@@ -3,7 +3,6 @@ package mqtt
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 )
 
@@ -121,16 +120,4 @@ func nextParamSlash(s string) int {
 
 func hasPrefixFold(s, prefix string) bool {
 	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
-}
-
-// unescape percent-decodes s, leaving '+' alone; a malformed escape leaves s as it is.
-func unescape(s string) string {
-	if strings.IndexByte(s, '%') < 0 {
-		return s
-	}
-	d, err := url.PathUnescape(s)
-	if err != nil {
-		return s
-	}
-	return d
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -575,6 +576,86 @@ func TestConnectionStateAndActivity(t *testing.T) {
 	}
 }
 
+// TestActivityUnderConcurrentFlush: activity recorded from many goroutines while Flush runs is
+// persisted: the latest time of each identity wins, and none recorded between a flush's reading
+// of the state and its write is lost.
+func TestActivityUnderConcurrentFlush(t *testing.T) {
+	r, _ := newTestRegistry(t)
+	ids := []string{"a", "b", "c", "d"}
+	for _, id := range ids {
+		mustCreate(t, r, id)
+	}
+	if _, err := r.CreateModule(ctx, Module{DeviceID: "a", ModuleID: "m"}); err != nil {
+		t.Fatal(err)
+	}
+	base := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	at := func(g, i int) time.Time { return base.Add(time.Duration(i*8+g) * time.Microsecond) }
+	want := map[string]time.Time{}
+	for g := range 8 {
+		for i := range 3000 {
+			if id := ids[(g+i)%len(ids)]; at(g, i).After(want[id]) {
+				want[id] = at(g, i)
+			}
+		}
+	}
+	stop := make(chan struct{})
+	flushed := make(chan error, 1)
+	go func() {
+		var err error
+		for {
+			select {
+			case <-stop:
+				flushed <- err
+				return
+			default:
+			}
+			if e := r.Flush(ctx); e != nil {
+				err = e
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 3000 {
+				r.RecordActivity(ids[(g+i)%len(ids)], "", at(g, i))
+				r.RecordActivity("a", "m", at(g, i))
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	if err := <-flushed; err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stored, err := Open(r.db) // no runtime state: what was persisted
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		d, err := stored.GetDevice(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !d.LastActivityTime.Equal(want[id]) {
+			t.Errorf("%s: stored last activity %v, want %v", id, d.LastActivityTime, want[id])
+		}
+		if live, _ := r.GetDevice(ctx, id); !live.LastActivityTime.Equal(want[id]) {
+			t.Errorf("%s: last activity %v, want %v", id, live.LastActivityTime, want[id])
+		}
+	}
+	m, err := stored.GetModule(ctx, "a", "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last := at(7, 2999); !m.LastActivityTime.Equal(last) {
+		t.Errorf("module: stored last activity %v, want %v", m.LastActivityTime, last)
+	}
+}
+
 func TestListAndStats(t *testing.T) {
 	r, _ := newTestRegistry(t)
 	for i := range 5 {
@@ -643,6 +724,26 @@ func BenchmarkRecordActivity(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			r.RecordActivity("dev1", "", now)
+		}
+	})
+}
+
+// BenchmarkRecordActivityPerMessage is hub.Submit's call: 100 devices sending at once, every
+// call a later time (the time itself is taken outside the loop).
+func BenchmarkRecordActivityPerMessage(b *testing.B) {
+	r, _ := newTestRegistry(b)
+	ids := make([]string, 100)
+	for i := range ids {
+		ids[i] = mustCreate(b, r, fmt.Sprintf("bench-%d", i)).DeviceID
+	}
+	base := time.Now()
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		i := int(next.Add(1)) * 7
+		for pb.Next() {
+			i++
+			r.RecordActivity(ids[i%len(ids)], "", base.Add(time.Duration(next.Add(1))))
 		}
 	})
 }

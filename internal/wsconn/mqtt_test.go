@@ -1,6 +1,7 @@
 package wsconn_test
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"net/http/httptest"
@@ -35,7 +36,8 @@ func (d *device) DeviceID() string  { return d.id }
 func (d *device) ModuleID() string  { return "" }
 func (d *device) Expiry() time.Time { return time.Time{} }
 func (d *device) Submit(ctx context.Context, m *message.Message) (mqtt.Receipt, error) {
-	d.h.submitted <- m
+	// The server reuses m once Submit returns (mqtt.Device): pass on a copy of what is checked.
+	d.h.submitted <- &message.Message{MessageID: strings.Clone(m.MessageID), Body: bytes.Clone(m.Body)}
 	return receipt{d.h.release}, nil
 }
 func (d *device) Disconnected(graceful bool) { d.h.ended <- graceful }
