@@ -3,8 +3,7 @@ package message
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
-	"time"
+	"math/bits"
 
 	"github.com/tetherhub/tether/internal/binenc"
 )
@@ -58,55 +57,54 @@ func (m *Message) MarshalBinary() ([]byte, error) {
 	return m.AppendBinary(make([]byte, 0, m.encodedSize()))
 }
 
-// encodedSize is an upper bound of the encoding's length, so MarshalBinary allocates once.
+// encodedSize is the exact length of the encoding, so MarshalBinary allocates once and no more
+// than it needs (the buffer is kept by the telemetry log until it is written).
 func (m *Message) encodedSize() int {
-	const lenMax = binary.MaxVarintLen64
-	n := 1 + lenMax + lenMax + lenMax + len(m.Body) + 1
+	var nanos int64
+	if !m.EnqueuedTime.IsZero() {
+		nanos = m.EnqueuedTime.UnixNano()
+	}
+	// Version, enqueued time (zigzag varint), properties count, body, routing flag.
+	n := 1 + uvarintLen(uint64(nanos)<<1^uint64(nanos>>63)) + uvarintLen(uint64(len(m.Properties))) +
+		uvarintLen(uint64(len(m.Body))) + len(m.Body) + 1
 	for _, f := range m.stringFields() {
-		n += lenMax + len(*f)
+		n += stringLen(*f)
 	}
 	for k, v := range m.Properties {
-		n += 2*lenMax + len(k) + len(v)
+		n += stringLen(k) + stringLen(v)
 	}
 	if r := m.Routing; r != nil {
-		n += 2 * lenMax
+		n += uvarintLen(uint64(len(r.Routes))) + uvarintLen(uint64(len(r.Endpoints)))
 		for _, s := range r.Routes {
-			n += lenMax + len(s)
+			n += stringLen(s)
 		}
 		for _, s := range r.Endpoints {
-			n += lenMax + len(s)
+			n += stringLen(s)
 		}
 	}
 	return n
 }
 
+// uvarintLen is the length of binary.AppendUvarint's encoding of x.
+func uvarintLen(x uint64) int { return (bits.Len64(x|1) + 6) / 7 }
+
+// stringLen is the length of binenc.AppendString's encoding of s.
+func stringLen(s string) int { return uvarintLen(uint64(len(s))) + len(s) }
+
 // UnmarshalBinary implements encoding.BinaryUnmarshaler. The body is copied out of data.
+//
+// A reader of the log decodes every record, so this allocates little: the string fields, the
+// property names and values and the routing names are copied into one string they all share
+// (keeping any of them keeps that string alive), the body is one copy, the properties one map
+// and the routing decision one allocation. A reader that does not keep the message can use a
+// View instead, which copies nothing.
 func (m *Message) UnmarshalBinary(data []byte) error {
-	d := binenc.NewDecoder(data, ErrCorrupt)
-	version := d.Byte()
-	if err := d.Err(); err != nil {
+	var props [16]PropertyView
+	var names [8][]byte
+	v, err := decodeView(data, props[:0], names[:0])
+	if err != nil {
 		return err
 	}
-	if version != codecVersion && version != codecVersionV1 {
-		return fmt.Errorf("%w: unknown version %d", ErrCorrupt, version)
-	}
-	*m = Message{}
-	for _, f := range m.stringFields() {
-		*f = d.Str()
-	}
-	if nanos := d.Varint(); nanos != 0 {
-		m.EnqueuedTime = time.Unix(0, nanos).UTC()
-	}
-	m.Properties = d.StringMap()
-	body := d.Bytes()
-	if version >= 2 && d.Byte() == 1 {
-		m.Routing = &Routing{Routes: d.Strings(), Endpoints: d.Strings()}
-	}
-	if err := d.Finish(); err != nil {
-		return err
-	}
-	if len(body) > 0 {
-		m.Body = append([]byte(nil), body...)
-	}
+	v.message(m)
 	return nil
 }

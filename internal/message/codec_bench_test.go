@@ -1,6 +1,8 @@
 package message
 
 import (
+	"math"
+	"strings"
 	"testing"
 	"time"
 )
@@ -47,14 +49,36 @@ func BenchmarkUnmarshalBinary(b *testing.B) {
 	}
 }
 
-func TestEncodedSizeBound(t *testing.T) {
-	for _, m := range []*Message{{}, benchMessage(), {Properties: map[string]string{"": ""}, Routing: &Routing{}}} {
+// TestEncodedSize: MarshalBinary's buffer is exactly as long as the encoding, at every varint
+// length boundary.
+func TestEncodedSize(t *testing.T) {
+	many := map[string]string{}
+	for i := range 130 {
+		many[strings.Repeat("k", i)] = strings.Repeat("v", i*3)
+	}
+	for i, m := range []*Message{
+		{},
+		benchMessage(),
+		{Properties: map[string]string{"": ""}, Routing: &Routing{}},
+		{MessageID: strings.Repeat("x", 127), CorrelationID: strings.Repeat("y", 128), UserID: strings.Repeat("z", 16384),
+			Properties: many, Body: make([]byte, 1<<21)},
+		{EnqueuedTime: time.Unix(0, 1)},
+		{EnqueuedTime: time.Unix(0, -1)},
+		{EnqueuedTime: time.Unix(0, 63)},
+		{EnqueuedTime: time.Unix(0, 64)},
+		{EnqueuedTime: time.Unix(0, -64)},
+		{EnqueuedTime: time.Unix(0, -65)},
+		{EnqueuedTime: time.Unix(0, math.MaxInt64)},
+		{EnqueuedTime: time.Unix(0, math.MinInt64)},
+		{EnqueuedTime: time.Date(1200, 1, 1, 0, 0, 0, 0, time.UTC)}, // UnixNano out of range
+		{Routing: &Routing{Routes: make([]string, 128), Endpoints: []string{strings.Repeat("e", 200)}}},
+	} {
 		b, err := m.MarshalBinary()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(b) > m.encodedSize() {
-			t.Errorf("encoded %d bytes, bound %d", len(b), m.encodedSize())
+		if len(b) != m.encodedSize() || cap(b) != len(b) {
+			t.Errorf("message %d: encoded %d bytes into a buffer of %d, encodedSize %d", i, len(b), cap(b), m.encodedSize())
 		}
 	}
 }

@@ -199,7 +199,16 @@ func (m *Message) Size() int {
 // Validate applies IoT Hub's rules for a device-to-cloud message. Errors wrap ErrTooLarge or
 // ErrInvalid.
 func (m *Message) Validate() error {
-	if size := m.Size(); size > MaxD2CSize {
+	// Size, with the check for an empty property name in the same pass over the properties.
+	size, emptyName := len(m.Body), false
+	for _, v := range m.userSystemValues() {
+		size += len(v)
+	}
+	for k, v := range m.Properties {
+		size += len(k) + len(v)
+		emptyName = emptyName || k == ""
+	}
+	if size > MaxD2CSize {
 		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, size, MaxD2CSize)
 	}
 	if err := validateID("message-id", m.MessageID); err != nil {
@@ -208,10 +217,8 @@ func (m *Message) Validate() error {
 	if len(m.CorrelationID) > MaxIDLength {
 		return fmt.Errorf("%w: correlation-id is longer than %d characters", ErrInvalid, MaxIDLength)
 	}
-	for k := range m.Properties {
-		if k == "" {
-			return fmt.Errorf("%w: application property with an empty name", ErrInvalid)
-		}
+	if emptyName {
+		return fmt.Errorf("%w: application property with an empty name", ErrInvalid)
 	}
 	return nil
 }

@@ -30,6 +30,7 @@ func TestValidate(t *testing.T) {
 		{"system values count toward size", Message{Body: make([]byte, MaxD2CSize-1), ContentType: "ab"}, ErrTooLarge},
 		{"stamps do not count", Message{Body: make([]byte, MaxD2CSize), ConnectionDeviceID: "dev"}, nil},
 		{"empty property name", Message{Properties: map[string]string{"": "x"}}, ErrInvalid},
+		{"size is checked first", Message{Body: make([]byte, MaxD2CSize), Properties: map[string]string{"": "x"}}, ErrTooLarge},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
