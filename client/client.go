@@ -248,13 +248,50 @@ type ReadOptions struct {
 	// Raw reads the whole log before routing, each event with its matched routes and endpoints,
 	// instead of the built-in endpoint (needs RegistryWrite and ServiceConnect).
 	Raw bool
+	// SkipProperties leaves each event's SystemProperties and Properties nil, for a reader that
+	// does not look at them: decoding them is most of a reader's work per event. The hub sends
+	// them all the same.
+	SkipProperties bool
 }
 
 // ReadEvents streams events from the built-in endpoint to fn until ctx ends, fn returns an
 // error (which ReadEvents returns), or the hub ends the stream (an *Error if it ended it
 // because of a failure, e.g. the reader fell behind retention). The hub sends no faster than
-// fn consumes: a slow fn holds the stream back and costs the hub no memory.
+// fn consumes: a slow fn holds the stream back and costs the hub no memory. Each event is fn's
+// to keep; a reader that keeps none can use OpenEvents, which reuses them.
 func (c *Client) ReadEvents(ctx context.Context, opts ReadOptions, fn func(api.Event) error) error {
+	s, err := c.OpenEvents(ctx, opts)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	for {
+		var ev api.Event
+		if err := s.next(&ev, false); err != nil {
+			if errors.Is(err, io.EOF) {
+				return ctx.Err()
+			}
+			return err
+		}
+		if err := fn(ev); err != nil {
+			return err
+		}
+	}
+}
+
+// EventStream is an open stream of the built-in endpoint's events: OpenEvents opens it, Next
+// reads it one event at a time, Close ends it. It is for one goroutine.
+type EventStream struct {
+	ctx  context.Context
+	body io.ReadCloser
+	sc   *bufio.Scanner
+	dec  *eventDecoder
+	ev   api.Event
+}
+
+// OpenEvents opens the event stream of the built-in endpoint that ReadEvents reads; the stream
+// ends with ctx, with Close, or when the hub ends it.
+func (c *Client) OpenEvents(ctx context.Context, opts ReadOptions) (*EventStream, error) {
 	q := url.Values{}
 	if opts.From != "" {
 		q.Set("from", opts.From)
@@ -276,35 +313,51 @@ func (c *Client) ReadEvents(ctx context.Context, opts ReadOptions, fn func(api.E
 	}
 	resp, err := c.do(ctx, http.MethodGet, "/messages/events", q, nil, nil, nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 4<<20) // an event carries up to 256 KB of body, base64 or escaped
-	for sc.Scan() {
-		line := sc.Bytes()
+	return &EventStream{ctx: ctx, body: resp.Body, sc: sc, dec: newEventDecoder(opts.SkipProperties)}, nil
+}
+
+// Next returns the next event, waiting for it. The event is the stream's: the next call
+// overwrites it, its maps, lists and the string Body points to; its strings are the caller's
+// to keep. The error is io.EOF when the hub ended the stream normally, an *Error when it ended
+// it because of a failure (e.g. the reader fell behind retention), and ctx's error once ctx
+// ends.
+func (s *EventStream) Next() (*api.Event, error) {
+	if err := s.next(&s.ev, true); err != nil {
+		return nil, err
+	}
+	return &s.ev, nil
+}
+
+func (s *EventStream) next(ev *api.Event, reuse bool) error {
+	for s.sc.Scan() {
+		line := s.sc.Bytes()
 		if len(bytes.TrimSpace(line)) == 0 {
 			continue // heartbeat
 		}
-		var ev struct {
-			api.Event
-			Error *api.StreamError `json:"error"`
-		}
-		if err := json.Unmarshal(line, &ev); err != nil {
-			if ctx.Err() != nil { // cancelled mid-line: the scanner hands over the partial line
-				return ctx.Err()
+		streamErr, err := s.dec.decode(line, ev, reuse)
+		if err != nil {
+			if s.ctx.Err() != nil { // cancelled mid-line: the scanner hands over the partial line
+				return s.ctx.Err()
 			}
 			return fmt.Errorf("decode event: %w", err)
 		}
-		if ev.Error != nil { // the hub ended the stream and says why
-			return &Error{StatusCode: ev.Error.Status, Code: ev.Error.Code(), Message: ev.Error.Text()}
+		if streamErr != nil { // the hub ended the stream and says why
+			return &Error{StatusCode: streamErr.Status, Code: streamErr.Code(), Message: streamErr.Text()}
 		}
-		if err := fn(ev.Event); err != nil {
-			return err
-		}
+		return nil
 	}
-	if err := sc.Err(); err != nil && ctx.Err() == nil {
+	if err := s.ctx.Err(); err != nil {
+		return err
+	}
+	if err := s.sc.Err(); err != nil {
 		return fmt.Errorf("read event stream: %w", err)
 	}
-	return ctx.Err()
+	return io.EOF
 }
+
+// Close ends the stream.
+func (s *EventStream) Close() error { return s.body.Close() }

@@ -3,7 +3,6 @@ package service
 import (
 	"bufio"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,8 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/tetherhub/tether/api"
 	"github.com/tetherhub/tether/internal/consumer"
@@ -246,6 +245,10 @@ func parseBool(v string) (bool, error) {
 
 // tailPartition writes the partition's events from seq on until the request ends.
 func (s *Server) tailPartition(ctx context.Context, p int, seq int64, device string, raw bool, out *eventWriter) error {
+	var (
+		view message.View // reused for every record: decoding one allocates nothing
+		buf  []byte       // the batch's JSON lines, reused
+	)
 	for {
 		// Subscribe before reading so an append between the read and the wait is not missed.
 		notify := s.log.Notify(p)
@@ -269,80 +272,69 @@ func (s *Server) tailPartition(ctx context.Context, p int, seq int64, device str
 				return nil
 			}
 		}
-		batch := make([]api.Event, 0, len(records))
+		// Encoded outside the writer's lock, so partitions encode in parallel, and written in
+		// pieces of about writeChunk, so a stream holds little more than its read batches.
+		buf = buf[:0]
+		wrote := false // a piece without its flush
 		for _, rec := range records {
+			if len(buf) >= writeChunk {
+				if err := out.write(buf, true); err != nil {
+					return err
+				}
+				buf, wrote = buf[:0], true
+			}
 			seq = rec.Sequence + 1
-			ev, ok, err := s.builtInEvent(rec, raw)
-			if err != nil {
+			if buf, err = s.appendBuiltInEvent(buf, rec, &view, device, raw); err != nil {
 				return err
 			}
-			if !ok {
-				continue
-			}
-			if device != "" && ev.DeviceID != device {
-				continue
-			}
-			batch = append(batch, ev)
 		}
-		if err := out.write(batch); err != nil {
-			return err
+		if len(buf) > 0 || wrote {
+			if err := out.write(buf, false); err != nil {
+				return err
+			}
+		}
+		if cap(buf) > 2*writeChunk {
+			buf = nil // one large record; do not keep its buffer
 		}
 	}
 }
 
-// builtInEvent decodes a record for the built-in endpoint: ok is false when the message was not
-// routed to it; the enrichments for "events" are applied. raw keeps every record as stored.
-func (s *Server) builtInEvent(rec telemetry.Record, raw bool) (ev api.Event, ok bool, err error) {
-	var m message.Message
-	if err := m.UnmarshalBinary(rec.Data); err != nil {
-		return api.Event{}, false, fmt.Errorf("decode record %d of partition %d: %w", rec.Sequence, rec.Partition, err)
-	}
-	if raw {
-		ev = eventFromMessage(rec, &m)
-		ev.Endpoints = []string{}
-		if m.Routing == nil {
-			ev.Endpoints = []string{message.BuiltInEndpoint}
-		} else if len(m.Routing.Endpoints) > 0 {
-			ev.Endpoints = m.Routing.Endpoints
-		}
-		return ev, true, nil
-	}
-	if !m.ToEndpoint(message.BuiltInEndpoint) {
-		return api.Event{}, false, nil
-	}
-	if s.routing != nil {
-		s.routing.Router().Enrich(message.BuiltInEndpoint, &m)
-	}
-	return eventFromMessage(rec, &m), true, nil
-}
+// writeChunk is how much of a batch's JSON a partition reader encodes before writing it out.
+const writeChunk = 64 << 10
 
-// eventFromMessage is a decoded record in its API shape.
-func eventFromMessage(rec telemetry.Record, m *message.Message) api.Event {
-	ev := api.Event{
-		DeviceID:         m.ConnectionDeviceID,
-		ModuleID:         m.ConnectionModuleID,
-		Partition:        rec.Partition,
-		SequenceNumber:   rec.Sequence,
-		EnqueuedTime:     m.EnqueuedTime,
-		SystemProperties: make(map[string]string),
-		Properties:       m.Properties,
+// appendBuiltInEvent appends the JSON line of the record for the built-in endpoint, or nothing
+// when the message was not routed to it or is not device's (device ""; every device); the
+// enrichments for "events" are applied. raw keeps every record as stored. v is scratch space.
+func (s *Server) appendBuiltInEvent(b []byte, rec telemetry.Record, v *message.View, device string, raw bool) ([]byte, error) {
+	if err := v.Decode(rec.Data); err != nil {
+		return b, fmt.Errorf("decode record %d of partition %d: %w", rec.Sequence, rec.Partition, err)
 	}
-	if m.Routing != nil {
-		ev.Routes = m.Routing.Routes
+	if !raw && !v.ToEndpoint(message.BuiltInEndpoint) {
+		return b, nil
 	}
-	if ev.Properties == nil {
-		ev.Properties = map[string]string{}
+	if device != "" && string(v.ConnectionDeviceID) != device {
+		return b, nil
 	}
-	for _, p := range m.SystemProperties() {
-		ev.SystemProperties[p.Name] = p.Value
+	enrich := !raw && s.routing != nil && s.routing.Router().HasEnrichments(message.BuiltInEndpoint)
+	if enrich || !v.PropertiesInOrder() {
+		// Through a Message: the enrichments set properties, and a record with its properties
+		// out of order (never written by the hub) is written as the map it decodes to.
+		var m message.Message
+		if err := m.UnmarshalBinary(rec.Data); err != nil {
+			return b, fmt.Errorf("decode record %d of partition %d: %w", rec.Sequence, rec.Partition, err)
+		}
+		if enrich {
+			s.routing.Router().Enrich(message.BuiltInEndpoint, &m)
+		}
+		data, err := m.MarshalBinary()
+		if err == nil {
+			err = v.Decode(data)
+		}
+		if err != nil {
+			return b, fmt.Errorf("re-encode record %d of partition %d: %w", rec.Sequence, rec.Partition, err)
+		}
 	}
-	if utf8.Valid(m.Body) {
-		body := string(m.Body)
-		ev.Body = &body
-	} else {
-		ev.BodyBase64 = base64.StdEncoding.EncodeToString(m.Body)
-	}
-	return ev
+	return appendEvent(b, rec.Partition, rec.Sequence, v, raw), nil
 }
 
 // eventWriter serialises partition readers onto one response.
@@ -350,16 +342,23 @@ type eventWriter struct {
 	mu      sync.Mutex
 	w       *bufio.Writer
 	flusher http.Flusher
+	// waiting counts writers waiting for mu. A writer that sees another waiting leaves the
+	// flush to it: the last one flushes what all wrote, one flush (a few system calls and TLS
+	// records) instead of one per partition.
+	waiting atomic.Int32
 }
 
-func (e *eventWriter) write(events []api.Event) error {
+// write writes JSON lines; more says that the caller writes again at once (no flush yet).
+func (e *eventWriter) write(lines []byte, more bool) error {
+	e.waiting.Add(1)
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	enc := json.NewEncoder(e.w)
-	for i := range events {
-		if err := enc.Encode(&events[i]); err != nil {
-			return fmt.Errorf("write event: %w", err)
-		}
+	e.waiting.Add(-1)
+	if _, err := e.w.Write(lines); err != nil {
+		return fmt.Errorf("write events: %w", err)
+	}
+	if more || e.waiting.Load() > 0 {
+		return nil
 	}
 	return e.flushLocked()
 }
