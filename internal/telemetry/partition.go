@@ -10,7 +10,10 @@ import (
 	"sync"
 )
 
-const maxGroupBytes = 4 << 20 // cap on one group commit's write (one request may exceed it)
+const (
+	maxGroupBytes  = 4 << 20 // cap on one group commit's write (one request may exceed it)
+	writebackBytes = 1 << 20 // segment bytes between writeback hints
+)
 
 // partition is one ordered stream. The writer goroutine owns the fields in
 // the "writer" block; mu guards the published, durable state readers use.
@@ -39,6 +42,7 @@ type partition struct {
 	flushT0   int64       // time of the first record in buf
 	failed    error       // sticky: after a failed write or sync nothing more is appended
 	updates   []segUpdate // written, published when the group is durable
+	written   int64       // offset in active up to which writeback was started
 	staged    bool        // in the committer's current group
 }
 
@@ -91,6 +95,7 @@ func openPartition(l *Log, id int) (*partition, error) {
 		}
 	}
 	p.woff = act.end
+	p.written = act.end
 	p.nextSeq = p.next
 	p.wlastT = p.lastT
 	p.lastIndex = -indexInterval
@@ -266,6 +271,10 @@ func (p *partition) write() {
 		w.add(p.id, s.file, s.base, p.woff, p.buf)
 	}
 	p.woff += int64(len(p.buf))
+	if !p.log.opts.NoSync && p.woff-p.written >= writebackBytes {
+		startWriteback(s.file.f, p.written, p.woff-p.written)
+		p.written = p.woff
+	}
 	p.updates = append(p.updates, segUpdate{
 		seg: s, end: p.woff, last: p.nextSeq - 1, t: p.wlastT, firstT: p.flushT0,
 		entries: append([]indexEntry(nil), p.entries...),
@@ -338,8 +347,12 @@ func (p *partition) roll(need int64) error {
 	}
 	s := &segment{base: p.nextSeq, path: path, size: size, last: p.nextSeq - 1, file: newFileRef(f)}
 	p.updates = append(p.updates, segUpdate{seg: old, next: s})
+	if !p.log.opts.NoSync && p.woff > p.written {
+		startWriteback(old.file.f, p.written, p.woff-p.written)
+	}
 	p.active = s
 	p.woff = 0
+	p.written = 0
 	p.lastIndex = -indexInterval
 	p.log.opts.Logger.Debug("telemetry: rolled segment", "partition", p.id, "base", s.base)
 	return nil
