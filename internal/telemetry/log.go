@@ -512,6 +512,23 @@ func (l *Log) Read(partition int, from int64, max int, maxBytes int) ([]Record, 
 			return nil, fmt.Errorf("read partition %d: %w", partition, err)
 		}
 		start := from
+		if arena == nil {
+			// Sized once from what the span holds: growing by append copied the batch
+			// several times (a tailing reader asks for little more than was just written).
+			n := sp.end - sp.off
+			if maxBytes > 0 && n > int64(maxBytes) {
+				n = int64(maxBytes)
+			}
+			k := int64(max)
+			if est := n / (headerSize + 64); est < k {
+				k = est + 1
+			}
+			if n > 0 {
+				arena = make([]byte, 0, n)
+				ends = make([]int, 0, k)
+				recs = make([]Record, 0, k)
+			}
+		}
 		err = l.iterate(f, sp.off, sp.end, func(h frameHeader, data []byte) bool {
 			if h.seq < from {
 				return true
