@@ -46,10 +46,18 @@ type Client struct {
 // Option configures a Client.
 type Option func(*Client)
 
+// maxIdleConnsPerHost is how many idle connections the client keeps to the hub, so that many
+// concurrent calls (the client is safe for concurrent use) reuse connections instead of
+// making a TLS handshake each (net/http keeps 2 by default).
+const maxIdleConnsPerHost = 128
+
 // WithTLSConfig sets the TLS configuration, e.g. to trust the hub's private CA.
 func WithTLSConfig(cfg *tls.Config) Option {
 	return func(c *Client) {
-		c.http.Transport = &http.Transport{TLSClientConfig: cfg, Proxy: http.ProxyFromEnvironment, ForceAttemptHTTP2: true}
+		c.http.Transport = &http.Transport{
+			TLSClientConfig: cfg, Proxy: http.ProxyFromEnvironment, ForceAttemptHTTP2: true,
+			MaxIdleConnsPerHost: maxIdleConnsPerHost, IdleConnTimeout: 90 * time.Second,
+		}
 	}
 }
 

@@ -22,7 +22,9 @@
 // every publish of the run over the time until the broker had read them all; the send rate is
 // reported beside it.
 //
-// Cloud-to-device (send→device→completion) is not measured: Tether has no C2D yet.
+// With Config.C2D set, a run measures cloud-to-device messaging instead (see c2d.go): the
+// devices subscribe and acknowledge, the tool sends through the service API and measures
+// send→API answer, send→device and send→completion (the device's PUBACK).
 package bench
 
 import (
@@ -61,6 +63,13 @@ type Config struct {
 	// payload timestamp of one of Devices give the device→reader latency. Needs Size >= 20.
 	Events EventSource
 
+	// C2D, when set, turns the run into the cloud-to-device mode (Tether only): the devices
+	// subscribe to their devicebound topic and acknowledge, and messages are sent through C2D
+	// at Rate (or as fast as Window messages outstanding per device allow). Needs Size >= 20.
+	C2D C2DService
+	// C2DParallel bounds the service API calls in progress at once; default 64.
+	C2DParallel int
+
 	// For the report only.
 	Target string // e.g. the address and what it is
 	Broker string // "tether" or "generic"
@@ -87,6 +96,11 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Size < 0 || c.Size > 256<<20 {
 		return fmt.Errorf("bench: message size %d is out of range", c.Size)
+	}
+	if c.C2D != nil {
+		if err := c.c2dDefaults(); err != nil {
+			return err
+		}
 	}
 	if c.Events != nil && c.Size < stampLen {
 		return fmt.Errorf("bench: end-to-end latency needs messages of at least %d bytes (the timestamp)", stampLen)
@@ -154,15 +168,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	r := &runner{
-		cfg:       cfg,
-		base:      time.Now(),
-		interval:  intervalFor(cfg.Rate, len(cfg.Devices)),
-		started:   make(chan struct{}),
-		stopSend:  make(chan struct{}),
-		drainDone: make(chan struct{}),
+	if cfg.C2D != nil {
+		return runC2D(ctx, cfg)
 	}
-	r.baseWall = r.base.UnixNano()
+	r := newRunner(cfg)
 	var stopOnce sync.Once
 	var stoppedAt atomic.Int64
 	var cpu cpuWindow
@@ -184,74 +193,20 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		shards[i] = NewHistogram()
 	}
 
-	res := &Result{
-		Target: cfg.Target, Broker: cfg.Broker, Transport: "tcp",
-		Devices: len(cfg.Devices), QoS: cfg.QoS, Window: cfg.Window, Size: cfg.Size, Rate: cfg.Rate,
-		Duration: cfg.Duration.Seconds(), Warmup: cfg.Warmup.Seconds(),
-		GOMAXPROCS: runtime.GOMAXPROCS(0), NumCPU: runtime.NumCPU(),
-	}
-	if cfg.TLS != nil {
-		res.Transport = "tls"
-	}
+	res := newResult(cfg)
 
 	// Connect every device; each starts its reader and writer at once (the writer keeps the
 	// connection alive until the measurement starts).
 	conns := make([]*conn, len(cfg.Devices))
-	connectHist := NewHistogram()
-	var connectFailed atomic.Int64
-	var firstConnectErr atomic.Pointer[string]
-	var work, connecting sync.WaitGroup
-	sem := make(chan struct{}, cfg.ConnectParallel)
-	connectStart := r.now()
-	cpacer := NewPacer(intervalFor(cfg.ConnectRate, 1), connectStart, 1)
-connectLoop:
-	for i, dev := range cfg.Devices {
-		if wait := cpacer.Reserve(r.now()); wait > 0 {
-			t := time.NewTimer(time.Duration(wait))
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-				break connectLoop
-			}
-		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			break connectLoop
-		}
-		connecting.Go(func() {
-			defer func() { <-sem }()
-			c, took, err := dial(ctx, r, dev)
-			if err != nil {
-				connectFailed.Add(1)
-				msg := fmt.Sprintf("%s: %v", dev.ID, err)
-				firstConnectErr.CompareAndSwap(nil, &msg)
-				return
-			}
-			connectHist.RecordDuration(took)
-			c.h = shards[i%len(shards)]
-			conns[i] = c
-			work.Go(c.readLoop)
-			work.Go(func() { c.writeLoop(i) })
-		})
-	}
-	connecting.Wait()
-	connectEnd := r.now()
-	connected := int(connectHist.Count())
-	res.Connect = ConnectResult{
-		Attempted: len(cfg.Devices),
-		Connected: connected,
-		Failed:    int(connectFailed.Load()),
-		Seconds:   time.Duration(connectEnd - connectStart).Seconds(),
-		Latency:   connectHist.Summary(),
-	}
-	if res.Connect.Seconds > 0 {
-		res.Connect.PerSec = float64(connected) / res.Connect.Seconds
-	}
-	if p := firstConnectErr.Load(); p != nil {
-		res.Connect.FirstError = *p
-	}
+	var work sync.WaitGroup
+	res.Connect = connectDevices(ctx, r, func(i int, c *conn) error {
+		c.h = shards[i%len(shards)]
+		conns[i] = c
+		work.Go(c.readLoop)
+		work.Go(func() { c.writeLoop(i) })
+		return nil
+	})
+	connected := res.Connect.Connected
 
 	// The timeline.
 	r.t0 = r.now() + int64(10*time.Millisecond)
@@ -423,4 +378,93 @@ func (w *cpuWindow) used() (user, sys time.Duration, ok bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.end[0] - w.start[0], w.end[1] - w.start[1], w.ok
+}
+
+func newRunner(cfg Config) *runner {
+	r := &runner{
+		cfg:       cfg,
+		base:      time.Now(),
+		interval:  intervalFor(cfg.Rate, len(cfg.Devices)),
+		started:   make(chan struct{}),
+		stopSend:  make(chan struct{}),
+		drainDone: make(chan struct{}),
+	}
+	r.baseWall = r.base.UnixNano()
+	return r
+}
+
+// newResult is a result with the run's conditions filled in.
+func newResult(cfg Config) *Result {
+	res := &Result{
+		Target: cfg.Target, Broker: cfg.Broker, Transport: "tcp",
+		Devices: len(cfg.Devices), QoS: cfg.QoS, Window: cfg.Window, Size: cfg.Size, Rate: cfg.Rate,
+		Duration: cfg.Duration.Seconds(), Warmup: cfg.Warmup.Seconds(),
+		GOMAXPROCS: runtime.GOMAXPROCS(0), NumCPU: runtime.NumCPU(),
+	}
+	if cfg.TLS != nil {
+		res.Transport = "tls"
+	}
+	return res
+}
+
+// connectDevices dials every device of r's config, paced by ConnectRate with at most
+// ConnectParallel handshakes at once. ready is called (concurrently) with each connected device;
+// an error from it counts the device as failed (ready closes what it opened).
+func connectDevices(ctx context.Context, r *runner, ready func(i int, c *conn) error) ConnectResult {
+	cfg := r.cfg
+	connectHist := NewHistogram()
+	var connectFailed atomic.Int64
+	var firstConnectErr atomic.Pointer[string]
+	var connecting sync.WaitGroup
+	sem := make(chan struct{}, cfg.ConnectParallel)
+	connectStart := r.now()
+	cpacer := NewPacer(intervalFor(cfg.ConnectRate, 1), connectStart, 1)
+connectLoop:
+	for i, dev := range cfg.Devices {
+		if wait := cpacer.Reserve(r.now()); wait > 0 {
+			t := time.NewTimer(time.Duration(wait))
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				break connectLoop
+			}
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			break connectLoop
+		}
+		connecting.Go(func() {
+			defer func() { <-sem }()
+			c, took, err := dial(ctx, r, dev)
+			if err == nil {
+				err = ready(i, c)
+			}
+			if err != nil {
+				connectFailed.Add(1)
+				msg := fmt.Sprintf("%s: %v", dev.ID, err)
+				firstConnectErr.CompareAndSwap(nil, &msg)
+				return
+			}
+			connectHist.RecordDuration(took)
+		})
+	}
+	connecting.Wait()
+	connectEnd := r.now()
+	connected := int(connectHist.Count())
+	cr := ConnectResult{
+		Attempted: len(cfg.Devices),
+		Connected: connected,
+		Failed:    int(connectFailed.Load()),
+		Seconds:   time.Duration(connectEnd - connectStart).Seconds(),
+		Latency:   connectHist.Summary(),
+	}
+	if cr.Seconds > 0 {
+		cr.PerSec = float64(connected) / cr.Seconds
+	}
+	if p := firstConnectErr.Load(); p != nil {
+		cr.FirstError = *p
+	}
+	return cr
 }

@@ -10,6 +10,7 @@ import (
 // sent after the warm-up and before the end), except the *All counts.
 type Result struct {
 	// Conditions.
+	Mode        string  `json:"mode,omitempty"` // "" (device→cloud telemetry) or "c2d"
 	Target      string  `json:"target"`
 	Broker      string  `json:"broker"`
 	Transport   string  `json:"transport"` // "tcp" or "tls"
@@ -42,6 +43,9 @@ type Result struct {
 
 	Puback *Percentiles `json:"pubackLatency,omitempty"`
 	E2E    *E2EResult   `json:"e2e,omitempty"`
+	// C2D is the cloud-to-device mode's result; there Sent and SentAll count service API
+	// sends and MsgsPerSec and MBPerSec count completions (the devices' PUBACKs).
+	C2D *C2DResult `json:"c2d,omitempty"`
 
 	Disconnects     int    `json:"disconnects"` // connections the broker or network ended during the run
 	FirstDisconnect string `json:"firstDisconnect,omitempty"`
@@ -84,6 +88,9 @@ type CPUResult struct {
 
 // WriteText prints the result for people.
 func (r *Result) WriteText(w io.Writer) error {
+	if r.C2D != nil {
+		return r.writeC2DText(w)
+	}
 	var b strings.Builder
 	rate := "as fast as possible"
 	if r.Rate > 0 {

@@ -18,7 +18,8 @@ import (
 )
 
 // BenchCmd simulates devices publishing telemetry and measures the broker: Tether (the local
-// hub, or --hub) or any MQTT 3.1.1 broker with --broker generic.
+// hub, or --hub) or any MQTT 3.1.1 broker with --broker generic. With --c2d it measures
+// Tether's cloud-to-device messaging instead.
 type BenchCmd struct {
 	Devices     int           `name:"devices" default:"100" help:"Simulated devices, one MQTT connection each."`
 	QoS         int           `name:"qos" default:"1" enum:"0,1" help:"Publish QoS (${enum})."`
@@ -27,7 +28,7 @@ type BenchCmd struct {
 	Rate        float64       `name:"rate" default:"0" help:"Total messages per second over all devices (0 = as fast as possible)."`
 	Duration    time.Duration `name:"duration" default:"10s" help:"Measured period."`
 	Warmup      time.Duration `name:"warmup" default:"2s" help:"Publishing before the measured period, excluded from the results."`
-	Drain       time.Duration `name:"drain" default:"5s" help:"How long to wait for outstanding PUBACKs (and --e2e messages) at the end."`
+	Drain       time.Duration `name:"drain" default:"5s" help:"How long to wait for outstanding PUBACKs (and --e2e messages, --c2d completions) at the end."`
 	ConnectRate float64       `name:"connect-rate" default:"0" help:"Connections per second while connecting (0 = no limit; at most 64 at once)."`
 
 	Addr     string `name:"addr" help:"MQTT address host:port. Default: the local hub's MQTT TLS address from its run file (its plain-TCP one with --tcp); with --hub, its host on 8883; for --broker generic, 127.0.0.1:1883 (8883 with --tls)."`
@@ -46,8 +47,10 @@ type BenchCmd struct {
 	Username string `name:"username" help:"With --broker generic: user name ({device} is replaced)."`
 	Password string `name:"password" env:"TETHER_BENCH_PASSWORD" help:"With --broker generic: password ({device} is replaced)."`
 
-	E2E  bool `name:"e2e" help:"Also read the built-in endpoint through the service API and report device→reader latency (payload timestamp; --size >= 20)."`
-	JSON bool `name:"json" help:"Print the result as one JSON object and nothing else on stdout."`
+	E2E         bool `name:"e2e" help:"Also read the built-in endpoint through the service API and report device→reader latency (payload timestamp; --size >= 20)."`
+	C2D         bool `name:"c2d" help:"Measure cloud-to-device instead of telemetry (Tether only): the devices subscribe to their devicebound topic with QoS 1 and PUBACK each message (which completes it); the tool sends --size-byte messages through the service API, --rate per second in total, or as fast as at most --window outstanding (unacknowledged) messages per device allow (keep --window below the hub's queue depth, 50). Tether answers a send once the message is durable in its store (bbolt, group commit). Reports send→API answer, send→device (PUBLISH read) and send→completion (PUBACK written) latencies, and the messages the hub did not complete. Queues are purged before and after."`
+	C2DParallel int  `name:"c2d-parallel" default:"64" help:"With --c2d: service API calls in progress at once, at most."`
+	JSON        bool `name:"json" help:"Print the result as one JSON object and nothing else on stdout."`
 }
 
 // Run provisions the devices (Tether), runs the benchmark and prints the result.
@@ -60,6 +63,16 @@ func (b *BenchCmd) Run(env *Env, c *CLI) error {
 	}
 	if b.E2E && b.Broker != "tether" {
 		return errors.New("--e2e reads Tether's built-in endpoint; it does not apply to --broker generic")
+	}
+	if b.C2D {
+		switch {
+		case b.Broker != "tether":
+			return errors.New("--c2d sends through Tether's service API; it does not apply to --broker generic")
+		case b.E2E:
+			return errors.New("--c2d and --e2e measure different directions; choose one")
+		case b.QoS != 1:
+			return errors.New("--c2d: the devices subscribe with QoS 1, as the Azure IoT SDKs do; --qos does not apply")
+		}
 	}
 	useTLS := b.TLS || (!b.TCP && b.Broker == "tether")
 	ids := bench.DeviceIDs(b.DevicePrefix, b.Devices)
@@ -108,7 +121,11 @@ func (b *BenchCmd) Run(env *Env, c *CLI) error {
 		cfg.TLS = tc
 	}
 
-	progress("Connecting %d devices to %s, then %v warm-up and %v measured...", b.Devices, cfg.Addr, b.Warmup, b.Duration)
+	what := ""
+	if b.C2D {
+		what = " for cloud-to-device"
+	}
+	progress("Connecting %d devices to %s%s, then %v warm-up and %v measured...", b.Devices, cfg.Addr, what, b.Warmup, b.Duration)
 	res, err := bench.Run(env.ctx, cfg)
 	if res == nil || (err != nil && !res.Interrupted) {
 		return err
@@ -168,7 +185,7 @@ func (b *BenchCmd) tether(env *Env, c *CLI, cfg *bench.Config, ids []string, use
 
 	// Credentials. The service API is needed to create devices, to look up device keys and for
 	// --e2e; a policy token with existing devices needs nothing but the policy key.
-	needAPI := b.CreateDevices || !b.PolicyToken || b.E2E
+	needAPI := b.CreateDevices || !b.PolicyToken || b.E2E || b.C2D
 	var t *hubTarget
 	if needAPI {
 		var err error
@@ -225,6 +242,9 @@ func (b *BenchCmd) tether(env *Env, c *CLI, cfg *bench.Config, ids []string, use
 	}
 	if b.E2E {
 		cfg.Events = bench.ClientEvents(t.client)
+	}
+	if b.C2D {
+		cfg.C2D, cfg.C2DParallel = t.client, b.C2DParallel
 	}
 	return host, cleanup, nil
 }
