@@ -155,6 +155,28 @@ type runner struct {
 	started                   chan struct{}
 	stopSend                  chan struct{} // closed at sendEnd, or when the run is cancelled
 	drainDone                 chan struct{} // closed Drain after stopSend
+
+	stopOnce  sync.Once
+	stoppedAt atomic.Int64 // when stop ran, ns since base
+	cpu       cpuWindow
+}
+
+// stop ends sending (at sendEnd, or early when the run is cancelled) and starts the drain.
+func (r *runner) stop() {
+	r.stopOnce.Do(func() {
+		r.stoppedAt.Store(r.now())
+		r.cpu.mark(false)
+		close(r.stopSend)
+		time.AfterFunc(r.cfg.Drain, func() { close(r.drainDone) })
+	})
+}
+
+// startTimeline places warm-up, measurement and drain from now on.
+func (r *runner) startTimeline() {
+	r.t0 = r.now() + int64(10*time.Millisecond)
+	r.measureStart = r.t0 + int64(r.cfg.Warmup)
+	r.sendEnd = r.measureStart + int64(r.cfg.Duration)
+	r.deadline = r.at(r.sendEnd).Add(r.cfg.Drain)
 }
 
 func (r *runner) now() int64            { return int64(time.Since(r.base)) }
@@ -172,19 +194,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return runC2D(ctx, cfg)
 	}
 	r := newRunner(cfg)
-	var stopOnce sync.Once
-	var stoppedAt atomic.Int64
-	var cpu cpuWindow
-	stop := func() {
-		stopOnce.Do(func() {
-			stoppedAt.Store(r.now())
-			cpu.mark(false)
-			close(r.stopSend)
-			time.AfterFunc(cfg.Drain, func() { close(r.drainDone) })
-		})
-	}
-	defer stop()
-	unwatch := context.AfterFunc(ctx, stop)
+	defer r.stop()
+	unwatch := context.AfterFunc(ctx, r.stop)
 	defer unwatch()
 
 	// Shards of the PUBACK histogram: a few per core, devices spread over them.
@@ -209,10 +220,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	connected := res.Connect.Connected
 
 	// The timeline.
-	r.t0 = r.now() + int64(10*time.Millisecond)
-	r.measureStart = r.t0 + int64(cfg.Warmup)
-	r.sendEnd = r.measureStart + int64(cfg.Duration)
-	r.deadline = r.at(r.sendEnd).Add(cfg.Drain)
+	r.startTimeline()
 
 	// The end-to-end reader starts before the publishers: the warm-up gives it time to attach.
 	e2e := newE2E(r)
@@ -221,7 +229,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 
 	if ctx.Err() != nil || connected == 0 {
-		stop()
+		r.stop()
 		work.Wait()
 		e2e.stop()
 		if connected == 0 {
@@ -231,9 +239,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return res, ctx.Err()
 	}
 
-	measureTimer := time.AfterFunc(time.Until(r.at(r.measureStart)), func() { cpu.mark(true) })
+	measureTimer := time.AfterFunc(time.Until(r.at(r.measureStart)), func() { r.cpu.mark(true) })
 	defer measureTimer.Stop()
-	endTimer := time.AfterFunc(time.Until(r.at(r.sendEnd)), stop)
+	endTimer := time.AfterFunc(time.Until(r.at(r.sendEnd)), r.stop)
 	defer endTimer.Stop()
 	close(r.started)
 
@@ -256,10 +264,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 		<-done
 	}
-	stop() // no-op unless every writer ended before the end timer fired
+	r.stop() // no-op unless every writer ended before the end timer fired
 	measuredEnd := r.sendEnd
 	if ctx.Err() != nil {
-		measuredEnd = min(stoppedAt.Load(), r.sendEnd)
+		measuredEnd = min(r.stoppedAt.Load(), r.sendEnd)
 		res.Interrupted = measuredEnd < r.sendEnd
 	}
 	measured := time.Duration(measuredEnd - r.measureStart)
@@ -300,7 +308,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 	}
 	if lastClose > 0 {
-		res.DrainSec = max(time.Duration(lastClose-min(stoppedAt.Load(), r.sendEnd)), 0).Seconds()
+		res.DrainSec = max(time.Duration(lastClose-min(r.stoppedAt.Load(), r.sendEnd)), 0).Seconds()
 	}
 	if measured > 0 {
 		res.SentPerSec = float64(res.Sent) / measured.Seconds()
@@ -330,7 +338,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.MsgsPerSec = float64(delivered) / measured.Seconds()
 		res.MBPerSec = float64(delivered) * float64(cfg.Size) / measured.Seconds() / 1e6
 	}
-	if user, sys, ok := cpu.used(); ok {
+	if user, sys, ok := r.cpu.used(); ok {
 		res.CPU = &CPUResult{User: user.Seconds(), System: sys.Seconds()}
 		if measured > 0 {
 			res.CPU.Cores = (user + sys).Seconds() / measured.Seconds()

@@ -151,19 +151,8 @@ func (cfg *Config) c2dDefaults() error {
 // runC2D is Run for Config.C2D.
 func runC2D(ctx context.Context, cfg Config) (*Result, error) {
 	r := newRunner(cfg)
-	var stopOnce sync.Once
-	var stoppedAt atomic.Int64
-	var cpu cpuWindow
-	stop := func() {
-		stopOnce.Do(func() {
-			stoppedAt.Store(r.now())
-			cpu.mark(false)
-			close(r.stopSend)
-			time.AfterFunc(cfg.Drain, func() { close(r.drainDone) })
-		})
-	}
-	defer stop()
-	unwatch := context.AfterFunc(ctx, stop)
+	defer r.stop()
+	unwatch := context.AfterFunc(ctx, r.stop)
 	defer unwatch()
 
 	// Sends in flight finish (or fail) on their own when the run is interrupted, so that what
@@ -211,16 +200,13 @@ func runC2D(ctx context.Context, cfg Config) (*Result, error) {
 	})
 	connected := res.Connect.Connected
 
-	r.t0 = r.now() + int64(10*time.Millisecond)
-	r.measureStart = r.t0 + int64(cfg.Warmup)
-	r.sendEnd = r.measureStart + int64(cfg.Duration)
-	r.deadline = r.at(r.sendEnd).Add(cfg.Drain)
+	r.startTimeline()
 
 	var senders, dispatchers sync.WaitGroup
 	if ctx.Err() == nil && connected > 0 {
-		measureTimer := time.AfterFunc(time.Until(r.at(r.measureStart)), func() { cpu.mark(true) })
+		measureTimer := time.AfterFunc(time.Until(r.at(r.measureStart)), func() { r.cpu.mark(true) })
 		defer measureTimer.Stop()
-		endTimer := time.AfterFunc(time.Until(r.at(r.sendEnd)), stop)
+		endTimer := time.AfterFunc(time.Until(r.at(r.sendEnd)), r.stop)
 		defer endTimer.Stop()
 		for _, d := range devs {
 			if d != nil {
@@ -231,7 +217,7 @@ func runC2D(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	stopped := false
 	if connected == 0 || ctx.Err() != nil {
-		stop()
+		r.stop()
 		stopped = true
 	}
 	<-r.stopSend
@@ -279,7 +265,7 @@ wait:
 
 	measuredEnd := r.sendEnd
 	if stopped || ctx.Err() != nil {
-		measuredEnd = min(stoppedAt.Load(), r.sendEnd)
+		measuredEnd = min(r.stoppedAt.Load(), r.sendEnd)
 		res.Interrupted = measuredEnd < r.sendEnd
 	}
 	measured := max(time.Duration(measuredEnd-r.measureStart), 0)
@@ -316,14 +302,14 @@ wait:
 		res.FirstDisconnect = disconnects[0].Error()
 	}
 	if lastClose > 0 {
-		res.DrainSec = max(time.Duration(lastClose-min(stoppedAt.Load(), r.sendEnd)), 0).Seconds()
+		res.DrainSec = max(time.Duration(lastClose-min(r.stoppedAt.Load(), r.sendEnd)), 0).Seconds()
 	}
 	if measured > 0 {
 		res.SentPerSec = float64(cr.Sent) / measured.Seconds()
 		res.MsgsPerSec = float64(cr.Completed) / measured.Seconds()
 		res.MBPerSec = float64(cr.Completed) * float64(cfg.Size) / measured.Seconds() / 1e6
 	}
-	if user, sys, ok := cpu.used(); ok {
+	if user, sys, ok := r.cpu.used(); ok {
 		res.CPU = &CPUResult{User: user.Seconds(), System: sys.Seconds()}
 		if measured > 0 {
 			res.CPU.Cores = (user + sys).Seconds() / measured.Seconds()
