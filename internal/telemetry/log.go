@@ -143,10 +143,22 @@ func Open(opts Options) (*Log, error) {
 		return nil, err
 	}
 	if opts.NoSync {
-		if err := removeWALFiles(walFiles); err != nil {
-			lock.Close()
-			return nil, err
+		err, walFiles = removeWALFiles(walFiles), nil
+	}
+	fail := func(err error) (*Log, error) {
+		for _, q := range l.parts {
+			if q != nil {
+				q.closeFiles()
+			}
 		}
+		for _, f := range walFiles {
+			f.f.Close() // a second Close of a file startWAL took over only reports ErrClosed
+		}
+		lock.Close()
+		return nil, err
+	}
+	if err != nil {
+		return fail(err)
 	}
 	// Partitions recover independently: scanning them in parallel divides the time to open a
 	// large log by up to the number of cores (the scan is CPU-bound when the files are cached).
@@ -164,26 +176,11 @@ func Open(opts Options) (*Log, error) {
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		for _, q := range l.parts {
-			if q != nil {
-				q.closeFiles()
-			}
-		}
-		for _, f := range walFiles {
-			if !opts.NoSync {
-				f.f.Close()
-			}
-		}
-		lock.Close()
-		return nil, err
+		return fail(err)
 	}
 	if !opts.NoSync {
 		if l.wal, err = startWAL(opts.Dir, walFiles, maxEpoch, opts.walFileBytes, opts.Logger); err != nil {
-			for _, q := range l.parts {
-				q.closeFiles()
-			}
-			lock.Close()
-			return nil, err
+			return fail(err)
 		}
 	}
 	l.writers.Add(1)

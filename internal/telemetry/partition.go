@@ -271,10 +271,7 @@ func (p *partition) write() {
 		w.add(p.id, s.file, s.base, p.woff, p.buf)
 	}
 	p.woff += int64(len(p.buf))
-	if !p.log.opts.NoSync && p.woff-p.written >= writebackBytes {
-		startWriteback(s.file.f, p.written, p.woff-p.written)
-		p.written = p.woff
-	}
+	p.writeback(s.file.f, writebackBytes)
 	p.updates = append(p.updates, segUpdate{
 		seg: s, end: p.woff, last: p.nextSeq - 1, t: p.wlastT, firstT: p.flushT0,
 		entries: append([]indexEntry(nil), p.entries...),
@@ -347,15 +344,22 @@ func (p *partition) roll(need int64) error {
 	}
 	s := &segment{base: p.nextSeq, path: path, size: size, last: p.nextSeq - 1, file: newFileRef(f)}
 	p.updates = append(p.updates, segUpdate{seg: old, next: s})
-	if !p.log.opts.NoSync && p.woff > p.written {
-		startWriteback(old.file.f, p.written, p.woff-p.written)
-	}
+	p.writeback(old.file.f, 1)
 	p.active = s
 	p.woff = 0
 	p.written = 0
 	p.lastIndex = -indexInterval
 	p.log.opts.Logger.Debug("telemetry: rolled segment", "partition", p.id, "base", s.base)
 	return nil
+}
+
+// writeback starts writeback of the active segment's bytes written since the last hint, once
+// there are at least atLeast of them.
+func (p *partition) writeback(f *os.File, atLeast int64) {
+	if !p.log.opts.NoSync && p.woff-p.written >= atLeast {
+		startWriteback(f, p.written, p.woff-p.written)
+		p.written = p.woff
+	}
 }
 
 // seal gives back a sealed segment's unused tail and drops the partition's handle: readers

@@ -195,7 +195,7 @@ func TestRecoveryEmptyActiveSegment(t *testing.T) {
 	l = openTest(t, Options{Dir: dir, Now: clk.Now})
 	last := info(l).Last
 	l.Close()
-	f, err := createZeroFile(filepath.Join(dir, "p0", segmentName(last+1)), 1024, true)
+	f, err := createZeroFile(filepath.Join(dir, "p0", segmentName(last+1)), 1024)
 	if err != nil {
 		t.Fatal(err)
 	}

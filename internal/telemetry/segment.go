@@ -214,10 +214,10 @@ func zeroTail(f *os.File, from, size int64) (bool, error) {
 }
 
 // fillZeros writes zeros to f from off up to size (real writes, not a sparse
-// extension, so later appends do not allocate blocks or convert extents).
-// Unless noSync it syncs every 8 MiB, so a big preallocation never queues a
-// burst of dirty pages in front of the appenders' fdatasyncs.
-func fillZeros(f *os.File, off, size int64, noSync bool) error {
+// extension, so later appends do not allocate blocks or convert extents) and
+// syncs every 8 MiB, so a big preallocation never queues a burst of dirty pages
+// in front of the WAL's fdatasyncs.
+func fillZeros(f *os.File, off, size int64) error {
 	zeros := make([]byte, min(zeroChunk, size-off))
 	for written := 0; off < size; written++ {
 		n := min(int64(len(zeros)), size-off)
@@ -225,28 +225,26 @@ func fillZeros(f *os.File, off, size int64, noSync bool) error {
 			return fmt.Errorf("preallocate %s: %w", f.Name(), err)
 		}
 		off += n
-		if !noSync && written%8 == 7 {
+		if written%8 == 7 {
 			if err := fdatasync(f); err != nil {
 				return fmt.Errorf("preallocate %s: %w", f.Name(), err)
 			}
 		}
 	}
-	if !noSync {
-		if err := fdatasync(f); err != nil {
-			return fmt.Errorf("preallocate %s: %w", f.Name(), err)
-		}
+	if err := fdatasync(f); err != nil {
+		return fmt.Errorf("preallocate %s: %w", f.Name(), err)
 	}
 	return nil
 }
 
-// createZeroFile creates (or replaces) path as a zero-filled file of size
-// bytes, synced unless noSync.
-func createZeroFile(path string, size int64, noSync bool) (*os.File, error) {
+// createZeroFile creates (or replaces) path as a zero-filled, synced file of
+// size bytes (a WAL file).
+func createZeroFile(path string, size int64) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("create segment: %w", err)
+		return nil, fmt.Errorf("create %s: %w", path, err)
 	}
-	if err := fillZeros(f, 0, size, noSync); err != nil {
+	if err := fillZeros(f, 0, size); err != nil {
 		f.Close()
 		os.Remove(path)
 		return nil, err

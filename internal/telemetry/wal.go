@@ -154,7 +154,7 @@ func startWAL(dir string, old []*walFile, maxEpoch uint64, fileBytes int64, logg
 // its fdatasync only flushes data) and makes its name durable.
 func createWAL(dir string, epoch uint64, size int64) (*walFile, error) {
 	path := filepath.Join(dir, walName(epoch))
-	f, err := createZeroFile(path, size, false)
+	f, err := createZeroFile(path, size)
 	if err != nil {
 		return nil, err
 	}
@@ -256,7 +256,7 @@ func (w *wal) rotate(need int64) error {
 	}
 	w.cur = next
 	if need > next.size {
-		if err := fillZeros(next.f, next.size, need, false); err != nil {
+		if err := fillZeros(next.f, next.size, need); err != nil {
 			return fmt.Errorf("rotate WAL: %w", err)
 		}
 		next.size = need
