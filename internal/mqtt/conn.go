@@ -25,7 +25,8 @@ import (
 
 // readBufferSize is the per-connection read buffer. Small on purpose: idle connections are the
 // common case and must stay cheap; packets larger than the buffer are read straight into their
-// own allocation.
+// own allocation. A TLS connection holds one only while it reads a packet (see
+// readPacketStart).
 const readBufferSize = 2 << 10
 
 // closeReason says why a connection ended; it decides the log level, the will and "graceful".
@@ -82,14 +83,19 @@ type pendingAck struct {
 // conn is one device connection. The reader goroutine (serve) owns the packet loop; the acker
 // goroutine exists only while QoS 1 acknowledgements are pending.
 type conn struct {
-	s         *Server
-	nc        net.Conn
-	br        *bufio.Reader
-	transport string
-	parent    context.Context
-	ctx       context.Context // cancelled when the connection is torn down; bounds Submit and Wait
-	cancel    context.CancelFunc
-	done      chan struct{} // closed when the connection has fully ended
+	s   *Server
+	nc  net.Conn
+	src io.Reader     // what br reads from
+	br  *bufio.Reader // nil while a connection that poolsReader waits for a packet
+	// poolsReader: br comes from the server's pool for each packet and goes back to it when
+	// the connection waits with nothing buffered.
+	poolsReader bool
+	first       [1]byte // a packet's first byte, read without br
+	transport   string
+	parent      context.Context
+	ctx         context.Context // cancelled when the connection is torn down; bounds Submit and Wait
+	cancel      context.CancelFunc
+	done        chan struct{} // closed when the connection has fully ended
 
 	// Set while handling CONNECT, read-only afterwards.
 	dev       Device
@@ -139,10 +145,16 @@ func newConn(ctx context.Context, s *Server, nc net.Conn, transport string) *con
 		c2dQoS:    -1,
 	}
 	c.lazyRead, c.lazyWrite = lazyDeadlines(nc)
+	c.src = nc
 	if c.lazyRead {
-		c.br = bufio.NewReaderSize(keepAliveReader{c}, readBufferSize)
-	} else {
-		c.br = bufio.NewReaderSize(nc, readBufferSize)
+		c.src = keepAliveReader{c}
+	}
+	// On TLS a packet's first byte read on its own costs no system call (crypto/tls holds the
+	// rest of the record), so idle TLS connections need not hold a read buffer each. On TCP it
+	// would cost one more read per packet.
+	_, c.poolsReader = nc.(*tls.Conn)
+	if !c.poolsReader {
+		c.br = bufio.NewReaderSize(c.src, readBufferSize)
 	}
 	return c
 }
@@ -206,17 +218,29 @@ func (c *conn) serve() {
 	stopAbort := context.AfterFunc(c.parent, func() { c.close(reasonAborted, c.parent.Err()) })
 	defer stopAbort()
 	defer c.finish()
-	defer func() {
-		if p := recover(); p != nil {
-			c.logger().Error("mqtt: connection panicked", "panic", p, "stack", string(debug.Stack()))
-			c.setReason(reasonPanic, fmt.Errorf("panic: %v", p))
-		}
+	defer c.recoverPanic()
+	// The handshake and CONNECT run on a goroutine of their own: TLS and authentication grow a
+	// stack to 8 KiB, which the long-lived reader would otherwise keep while the device idles.
+	err := errStopped // what a panic in connect leaves; recoverPanic has said why
+	connected := make(chan struct{})
+	go func() {
+		defer close(connected)
+		defer c.recoverPanic()
+		err = c.connect()
 	}()
-	err := c.connect()
+	<-connected
 	if err == nil {
 		err = c.readLoop()
 	}
 	c.setReason(reasonFor(err), err)
+}
+
+// recoverPanic ends the connection, not the hub, when handling it panics.
+func (c *conn) recoverPanic() {
+	if p := recover(); p != nil {
+		c.logger().Error("mqtt: connection panicked", "panic", p, "stack", string(debug.Stack()))
+		c.setReason(reasonPanic, fmt.Errorf("panic: %v", p))
+	}
 }
 
 func reasonFor(err error) closeReason {
@@ -300,7 +324,7 @@ func (c *conn) readPacket(deadline time.Time) (packets.FixedHeader, []byte, erro
 	if c.stopping.Load() {
 		return fh, nil, errStopped
 	}
-	b, err := c.br.ReadByte()
+	b, err := c.readPacketStart()
 	if err != nil {
 		return fh, nil, err
 	}
@@ -330,6 +354,29 @@ func (c *conn) readPacket(deadline time.Time) (packets.FixedHeader, []byte, erro
 	}
 	c.br.Discard(n)
 	return fh, body, nil
+}
+
+// readPacketStart reads the first byte of a packet. A connection that poolsReader and has
+// nothing buffered gives its read buffer back while it waits, and takes one from the pool when
+// the byte has come. What the previous packet's body aliased is not used after this point.
+func (c *conn) readPacketStart() (byte, error) {
+	if !c.poolsReader || (c.br != nil && c.br.Buffered() > 0) {
+		return c.br.ReadByte()
+	}
+	if c.br != nil {
+		c.s.readers.Put(c.br)
+		c.br = nil
+	}
+	if _, err := io.ReadFull(c.src, c.first[:]); err != nil {
+		return 0, err
+	}
+	if br, ok := c.s.readers.Get().(*bufio.Reader); ok {
+		br.Reset(c.src)
+		c.br = br
+	} else {
+		c.br = bufio.NewReaderSize(c.src, readBufferSize)
+	}
+	return c.first[0], nil
 }
 
 // armRead makes the reads of the next packet fail once deadline passes. With lazy deadlines

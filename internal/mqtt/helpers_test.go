@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -26,14 +27,15 @@ import (
 
 // fakeHub admits every connection unless told otherwise and records what it is given.
 type fakeHub struct {
-	mu          sync.Mutex
-	connectErr  error
-	expiry      time.Time
-	manual      bool          // receipts complete only when released
-	delay       time.Duration // receipts complete this long after Submit
-	submitErr   error
-	waitErr     error
-	panicSubmit bool
+	mu           sync.Mutex
+	connectErr   error
+	expiry       time.Time
+	manual       bool          // receipts complete only when released
+	delay        time.Duration // receipts complete this long after Submit
+	submitErr    error
+	waitErr      error
+	panicSubmit  bool
+	panicConnect bool
 
 	connects  []ConnectRequest
 	devices   []*fakeDevice
@@ -56,6 +58,9 @@ func (h *fakeHub) Connect(ctx context.Context, req ConnectRequest) (Device, erro
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.connects = append(h.connects, req)
+	if h.panicConnect {
+		panic("fake hub: Connect panics")
+	}
 	if h.connectErr != nil {
 		return nil, h.connectErr
 	}
@@ -106,6 +111,7 @@ type fakeDevice struct {
 	graceful bool
 	out      Outbound
 	unsubs   int
+	bodies   [][]byte // of the messages this device submitted, in order
 }
 
 func (d *fakeDevice) DeviceID() string { return d.id }
@@ -132,6 +138,7 @@ func (d *fakeDevice) Submit(ctx context.Context, msg *message.Message) (Receipt,
 	}
 	// The server reuses msg once Submit returns (Device.Submit): keep a copy.
 	h.submitted = append(h.submitted, cloneMessage(msg))
+	d.bodies = append(d.bodies, h.submitted[len(h.submitted)-1].Body)
 	switch {
 	case h.manual:
 		r := &manualReceipt{done: make(chan error, 1)}
@@ -271,6 +278,35 @@ type testServer struct {
 
 func startServer(t testing.TB, hub Hub, opts Options) *testServer {
 	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startServerOn(t, hub, opts, ln)
+}
+
+// startTLSServer is startServer on TLS (a self-signed certificate); dialTLS connects to it.
+func startTLSServer(t testing.TB, hub Hub, opts Options) *testServer {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{selfSigned(t, "localhost")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startServerOn(t, hub, opts, ln)
+}
+
+func dialTLS(t testing.TB, addr string) *client {
+	t.Helper()
+	nc, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return &client{t: t, nc: nc, br: bufio.NewReader(nc)}
+}
+
+func startServerOn(t testing.TB, hub Hub, opts Options, ln net.Listener) *testServer {
+	t.Helper()
 	logs := &logBuffer{t: t}
 	t.Cleanup(func() {
 		logs.mu.Lock()
@@ -278,10 +314,6 @@ func startServer(t testing.TB, hub Hub, opts Options) *testServer {
 		logs.mu.Unlock()
 	})
 	opts.Logger = newLogger(logs)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	s := NewServer(hub, opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)

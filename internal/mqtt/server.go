@@ -21,6 +21,8 @@ type Server struct {
 	conns     map[*conn]struct{}
 	byID      map[identity]*conn // the live connection of each identity, for takeover
 	wg        sync.WaitGroup     // one count per tracked connection
+
+	readers sync.Pool // *bufio.Reader of readBufferSize, shared by TLS connections (see conn.poolsReader)
 }
 
 // identity is a device or module; one connection per identity is allowed.

@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -617,6 +618,23 @@ func TestPanicIsContained(t *testing.T) {
 	c.expectPuback(1)
 }
 
+// CONNECT is handled on a goroutine of its own (conn.serve): a panic there is contained too.
+func TestPanicInConnectIsContained(t *testing.T) {
+	hub := newFakeHub()
+	hub.panicConnect = true
+	s := startServer(t, hub, Options{})
+	c := dial(t, s.addr)
+	c.send(connectBytes("dev1", testUsername, connectOpts{}))
+	c.expectClosed(2 * time.Second)
+	waitLog(t, s.logs, "level=ERROR", "panicked")
+	hub.mu.Lock()
+	hub.panicConnect = false
+	hub.mu.Unlock()
+	c = connectDevice(t, s.addr, "dev1", testUsername, connectOpts{})
+	c.send(publishBytes(eventsTopic, 1, 1, nil, false))
+	c.expectPuback(1)
+}
+
 func TestC2DSeam(t *testing.T) {
 	hub := newFakeHub()
 	s := startServer(t, hub, Options{})
@@ -726,7 +744,7 @@ func TestTLSHandshakeTimeout(t *testing.T) {
 	c.expectClosed(2 * time.Second)
 }
 
-func selfSigned(t *testing.T, cn string) tls.Certificate {
+func selfSigned(t testing.TB, cn string) tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -769,4 +787,66 @@ func TestDisconnectRevokedIdentity(t *testing.T) {
 	}
 	other.send(pingreqBytes)
 	other.expect(packets.Pingresp)
+}
+
+// TLS connections hold a read buffer only while they read a packet and share a pool of them
+// (conn.poolsReader): packets of every size around the buffer's, back to back or one at a time,
+// from connections taking turns, must arrive whole, in order and unmixed.
+func TestTLSPacketsAroundTheReadBuffer(t *testing.T) {
+	hub := newFakeHub()
+	s := startTLSServer(t, hub, Options{})
+	sizes := []int{0, 1, 100, readBufferSize - 40, readBufferSize - 1, readBufferSize, readBufferSize + 1, 3 * readBufferSize, 70 << 10}
+	want := make([][][]byte, 2) // each device's bodies in the order it sent them
+	body := func(dev, n int) []byte {
+		b := make([]byte, sizes[n%len(sizes)])
+		for j := range b {
+			b[j] = byte(dev*31 + n*7 + j)
+		}
+		return b
+	}
+	var devs []*client
+	for d := range 2 {
+		id := fmt.Sprintf("dev%d", d+1)
+		c := dialTLS(t, s.addr)
+		c.send(connectBytes(id, "localhost/"+id+"/?api-version=2021-04-12", connectOpts{}))
+		if pk := c.expect(packets.Connack); pk.ReasonCode != 0 {
+			t.Fatalf("CONNACK 0x%02x", pk.ReasonCode)
+		}
+		devs = append(devs, c)
+	}
+	topic := func(dev int) string { return fmt.Sprintf("devices/dev%d/messages/events/", dev+1) }
+	// Back to back: all of a device's packets in one write.
+	for d, c := range devs {
+		var burst []byte
+		for n := range sizes {
+			burst = append(burst, publishBytes(topic(d), 1, uint16(n+1), body(d, n), false)...)
+			want[d] = append(want[d], body(d, n))
+		}
+		c.send(burst)
+	}
+	for _, c := range devs {
+		for n := range sizes {
+			c.expectPuback(uint16(n + 1))
+		}
+	}
+	// One at a time, the connections taking turns.
+	for n := len(sizes); n < 2*len(sizes); n++ {
+		for d, c := range devs {
+			c.send(publishBytes(topic(d), 1, uint16(n+1), body(d, n), false))
+			want[d] = append(want[d], body(d, n))
+			c.expectPuback(uint16(n + 1))
+		}
+	}
+	hub.mu.Lock()
+	defer hub.mu.Unlock()
+	for d, dev := range hub.devices {
+		if len(dev.bodies) != len(want[d]) {
+			t.Fatalf("dev%d: %d messages submitted, want %d", d+1, len(dev.bodies), len(want[d]))
+		}
+		for n, b := range dev.bodies {
+			if !bytes.Equal(b, want[d][n]) {
+				t.Fatalf("dev%d: message %d is %d bytes (%.4x...), want %d bytes (%.4x...)", d+1, n, len(b), b, len(want[d][n]), want[d][n])
+			}
+		}
+	}
 }
