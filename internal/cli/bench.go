@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/tetherhub/tether/internal/auth"
@@ -47,10 +49,11 @@ type BenchCmd struct {
 	Username string `name:"username" help:"With --broker generic: user name ({device} is replaced)."`
 	Password string `name:"password" env:"TETHER_BENCH_PASSWORD" help:"With --broker generic: password ({device} is replaced)."`
 
-	E2E         bool `name:"e2e" help:"Also read the built-in endpoint through the service API and report device→reader latency (payload timestamp; --size >= 20)."`
-	C2D         bool `name:"c2d" help:"Measure cloud-to-device instead of telemetry (Tether only): the devices subscribe to their devicebound topic with QoS 1 and PUBACK each message (which completes it); the tool sends --size-byte messages through the service API, --rate per second in total, or as fast as at most --window outstanding (unacknowledged) messages per device allow (keep --window below the hub's queue depth, 50). Tether answers a send once the message is durable in its store (bbolt, group commit). Reports send→API answer, send→device (PUBLISH read) and send→completion (PUBACK written) latencies, and the messages the hub did not complete. Queues are purged before and after."`
-	C2DParallel int  `name:"c2d-parallel" default:"64" help:"With --c2d: service API calls in progress at once, at most."`
-	JSON        bool `name:"json" help:"Print the result as one JSON object and nothing else on stdout."`
+	E2E         bool   `name:"e2e" help:"Also read the built-in endpoint through the service API and report device→reader latency (payload timestamp; --size >= 20)."`
+	C2D         bool   `name:"c2d" help:"Measure cloud-to-device instead of telemetry (Tether only): the devices subscribe to their devicebound topic with QoS 1 and PUBACK each message (which completes it); the tool sends --size-byte messages through the service API, --rate per second in total, or as fast as at most --window outstanding (unacknowledged) messages per device allow (keep --window below the hub's queue depth, 50). Tether answers a send once the message is durable in its store (bbolt, group commit). Reports send→API answer, send→device (PUBLISH read) and send→completion (PUBACK written) latencies, and the messages the hub did not complete. Queues are purged before and after."`
+	C2DParallel int    `name:"c2d-parallel" default:"64" help:"With --c2d: service API calls in progress at once, at most."`
+	JSON        bool   `name:"json" help:"Print the result as one JSON object and nothing else on stdout."`
+	CPUProfile  string `name:"cpuprofile" type:"path" help:"Write a CPU profile of the load tool (go tool pprof) to this file: what the tool itself costs, next to the hub's (tether serve --debug-addr)."`
 }
 
 // Run provisions the devices (Tether), runs the benchmark and prints the result.
@@ -126,6 +129,17 @@ func (b *BenchCmd) Run(env *Env, c *CLI) error {
 		what = " for cloud-to-device"
 	}
 	progress("Connecting %d devices to %s%s, then %v warm-up and %v measured...", b.Devices, cfg.Addr, what, b.Warmup, b.Duration)
+	if b.CPUProfile != "" {
+		f, err := os.Create(b.CPUProfile)
+		if err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	res, err := bench.Run(env.ctx, cfg)
 	if res == nil || (err != nil && !res.Interrupted) {
 		return err
