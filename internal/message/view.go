@@ -158,6 +158,33 @@ func readNames(d *binenc.Decoder, names [][]byte, size int) ([][]byte, int, erro
 // twice (UnmarshalBinary keeps the last).
 func (v *View) PropertiesInOrder() bool { return v.propsInOrder }
 
+// ViewSystemProperties are the system properties of a View, under their built-in endpoint names
+// and in Message.SystemProperties' order, but for the enqueued time (a time, not bytes: see
+// View.EnqueuedTime), for the encoders of events that read records in place.
+var ViewSystemProperties = []struct {
+	Name  string
+	Value func(*View) []byte
+}{
+	{NameMessageID, func(v *View) []byte { return v.MessageID }},
+	{NameCorrelationID, func(v *View) []byte { return v.CorrelationID }},
+	{NameUserID, func(v *View) []byte { return v.UserID }},
+	{NameTo, func(v *View) []byte { return v.To }},
+	{NameContentType, func(v *View) []byte { return v.ContentType }},
+	{NameContentEncoding, func(v *View) []byte { return v.ContentEncoding }},
+	{NameExpiryTime, func(v *View) []byte { return v.ExpiryTime }},
+	{NameCreationTime, func(v *View) []byte { return v.CreationTime }},
+	{NameMessageSchema, func(v *View) []byte { return v.MessageSchema }},
+	{NameInterfaceID, func(v *View) []byte { return v.InterfaceID }},
+	{NameComponentName, func(v *View) []byte { return v.ComponentName }},
+	{NameOutputName, func(v *View) []byte { return v.OutputName }},
+	{NameDataSchema, func(v *View) []byte { return v.DataSchema }},
+	{NameConnectionDeviceID, func(v *View) []byte { return v.ConnectionDeviceID }},
+	{NameConnectionModuleID, func(v *View) []byte { return v.ConnectionModuleID }},
+	{NameAuthGenerationID, func(v *View) []byte { return v.ConnectionAuthGenerationID }},
+	{NameAuthMethod, func(v *View) []byte { return v.ConnectionAuthMethod }},
+	{NameMessageSource, func(v *View) []byte { return v.Source }},
+}
+
 // ToEndpoint reports whether the message goes to the named endpoint, as Message.ToEndpoint.
 func (v *View) ToEndpoint(name string) bool {
 	if !v.Routed {

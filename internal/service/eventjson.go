@@ -25,38 +25,14 @@ type systemProperty struct {
 }
 
 // systemProperties are the built-in endpoint's system properties in name order, the order
-// encoding/json writes a map in; message.SystemProperties lists the same names.
+// encoding/json writes a map in.
 var systemProperties = func() []systemProperty {
-	type named struct {
-		name  string
-		value func(*message.View) []byte
+	out := make([]systemProperty, 0, len(message.ViewSystemProperties)+1)
+	for _, p := range message.ViewSystemProperties {
+		out = append(out, systemProperty{key: string(appendJSONString(nil, []byte(p.Name))) + ":", value: p.Value})
 	}
-	all := []named{
-		{message.NameMessageID, func(v *message.View) []byte { return v.MessageID }},
-		{message.NameCorrelationID, func(v *message.View) []byte { return v.CorrelationID }},
-		{message.NameUserID, func(v *message.View) []byte { return v.UserID }},
-		{message.NameTo, func(v *message.View) []byte { return v.To }},
-		{message.NameContentType, func(v *message.View) []byte { return v.ContentType }},
-		{message.NameContentEncoding, func(v *message.View) []byte { return v.ContentEncoding }},
-		{message.NameExpiryTime, func(v *message.View) []byte { return v.ExpiryTime }},
-		{message.NameCreationTime, func(v *message.View) []byte { return v.CreationTime }},
-		{message.NameMessageSchema, func(v *message.View) []byte { return v.MessageSchema }},
-		{message.NameInterfaceID, func(v *message.View) []byte { return v.InterfaceID }},
-		{message.NameComponentName, func(v *message.View) []byte { return v.ComponentName }},
-		{message.NameOutputName, func(v *message.View) []byte { return v.OutputName }},
-		{message.NameDataSchema, func(v *message.View) []byte { return v.DataSchema }},
-		{message.NameConnectionDeviceID, func(v *message.View) []byte { return v.ConnectionDeviceID }},
-		{message.NameConnectionModuleID, func(v *message.View) []byte { return v.ConnectionModuleID }},
-		{message.NameAuthGenerationID, func(v *message.View) []byte { return v.ConnectionAuthGenerationID }},
-		{message.NameAuthMethod, func(v *message.View) []byte { return v.ConnectionAuthMethod }},
-		{message.NameMessageSource, func(v *message.View) []byte { return v.Source }},
-		{message.NameEnqueuedTime, nil},
-	}
-	slices.SortFunc(all, func(a, b named) int { return strings.Compare(a.name, b.name) })
-	out := make([]systemProperty, len(all))
-	for i, p := range all {
-		out[i] = systemProperty{key: string(appendJSONString(nil, []byte(p.name))) + ":", value: p.value}
-	}
+	out = append(out, systemProperty{key: string(appendJSONString(nil, []byte(message.NameEnqueuedTime))) + ":"})
+	slices.SortFunc(out, func(a, b systemProperty) int { return strings.Compare(a.key, b.key) })
 	return out
 }()
 
