@@ -35,6 +35,29 @@ type StreamError struct {
 	ErrorBody
 }
 
+// EventStreamBinary is the media type of the event stream's binary form. A reader that names it
+// in Accept gets the same stream (events, heartbeats, the final error) in it instead of NDJSON,
+// at a fraction of the CPU per event on both ends: the hub sends each record as it stores it.
+// The stream is a sequence of frames:
+//
+//	frame = kind (1 byte) | length (uvarint) | payload (length bytes)
+//
+//	EventFrameEvent      partition (uvarint) | sequence number (uvarint) | record
+//	EventFrameHeartbeat  no payload
+//	EventFrameError      the JSON object of the NDJSON stream's error line: {"error":{...}}
+//
+// record is the message in Tether's versioned storage encoding, after the built-in endpoint's
+// enrichments; Tether's Go client (package client) decodes it into the Event the NDJSON line
+// would give. A reader skips frames of a kind it does not know.
+const EventStreamBinary = "application/vnd.tether.events+binary"
+
+// The frame kinds of EventStreamBinary.
+const (
+	EventFrameHeartbeat byte = 0
+	EventFrameEvent     byte = 1
+	EventFrameError     byte = 2
+)
+
 // Module is a module identity as IoT Hub's registry API returns it.
 type Module struct {
 	ModuleID                   string          `json:"moduleId"`

@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/tetherhub/tether/api"
+	"github.com/tetherhub/tether/internal/message"
 )
 
 // A reader following a busy hub decodes every event of the stream, so the line is decoded by
@@ -25,8 +26,9 @@ import (
 type eventDecoder struct {
 	seed      maphash.Seed
 	recent    [1024]string
-	unquote   []byte // scratch for strings with escapes
-	skipProps bool   // ReadOptions.SkipProperties: the maps are checked, not decoded
+	unquote   []byte       // scratch for strings with escapes
+	skipProps bool         // ReadOptions.SkipProperties: the maps are checked, not decoded
+	view      message.View // the binary stream's record being decoded
 
 	// reused is what a decode with reuse hands out again: maps (cleared), lists and Body.
 	reused struct {

@@ -171,7 +171,7 @@ func benchRecord(b *testing.B) telemetry.Record {
 }
 
 // BenchmarkEncodeEvent is the hub's work per event of the stream: decode the record and write
-// its JSON line.
+// its JSON line or its binary frame.
 func BenchmarkEncodeEvent(b *testing.B) {
 	rec := benchRecord(b)
 	s := &Server{}
@@ -180,10 +180,23 @@ func BenchmarkEncodeEvent(b *testing.B) {
 		var buf []byte
 		b.ReportAllocs()
 		for b.Loop() {
-			var err error
-			if buf, err = s.appendBuiltInEvent(buf[:0], rec, &v, "", false); err != nil {
-				b.Fatal(err)
+			if _, ok, err := s.builtInRecord(rec, &v, "", false); err != nil || !ok {
+				b.Fatal(ok, err)
 			}
+			buf = appendEvent(buf[:0], rec.Partition, rec.Sequence, &v, false)
+		}
+		b.SetBytes(int64(len(buf)))
+	})
+	b.Run("binary", func(b *testing.B) { // api.EventStreamBinary
+		var v message.View
+		var buf []byte
+		b.ReportAllocs()
+		for b.Loop() {
+			data, ok, err := s.builtInRecord(rec, &v, "", false)
+			if err != nil || !ok {
+				b.Fatal(ok, err)
+			}
+			buf = appendBinaryEvent(buf[:0], rec.Partition, rec.Sequence, data)
 		}
 		b.SetBytes(int64(len(buf)))
 	})
@@ -211,10 +224,10 @@ func TestPropertiesOutOfOrder(t *testing.T) {
 	data = append(data, 0) // no routing decision
 	rec := telemetry.Record{Partition: 1, Sequence: 7, Data: data}
 	var v message.View
-	got, err := (&Server{}).appendBuiltInEvent(nil, rec, &v, "", false)
-	if err != nil {
-		t.Fatal(err)
+	if _, ok, err := (&Server{}).builtInRecord(rec, &v, "", false); err != nil || !ok {
+		t.Fatal(ok, err)
 	}
+	got := appendEvent(nil, rec.Partition, rec.Sequence, &v, false)
 	if want := referenceEvent(t, rec, false); !bytes.Equal(got, want) {
 		t.Fatalf("\n got %s\nwant %s", got, want)
 	}

@@ -123,10 +123,14 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	flusher, _ := w.(http.Flusher)
-	w.Header().Set("Content-Type", "application/x-ndjson")
+	out := &eventWriter{w: bufio.NewWriterSize(w, 32<<10), flusher: flusher, binary: acceptsBinaryEvents(r.Header.Values("Accept"))}
+	if out.binary {
+		w.Header().Set("Content-Type", api.EventStreamBinary)
+	} else {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+	}
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
-	out := &eventWriter{w: bufio.NewWriterSize(w, 32<<10), flusher: flusher}
 	if err := out.flush(); err != nil {
 		return
 	}
@@ -284,8 +288,16 @@ func (s *Server) tailPartition(ctx context.Context, p int, seq int64, device str
 				buf, wrote = buf[:0], true
 			}
 			seq = rec.Sequence + 1
-			if buf, err = s.appendBuiltInEvent(buf, rec, &view, device, raw); err != nil {
+			data, ok, err := s.builtInRecord(rec, &view, device, raw)
+			if err != nil {
 				return err
+			}
+			switch {
+			case !ok:
+			case out.binary:
+				buf = appendBinaryEvent(buf, rec.Partition, rec.Sequence, data)
+			default:
+				buf = appendEvent(buf, rec.Partition, rec.Sequence, &view, raw)
 			}
 		}
 		if len(buf) > 0 || wrote {
@@ -299,42 +311,44 @@ func (s *Server) tailPartition(ctx context.Context, p int, seq int64, device str
 	}
 }
 
-// writeChunk is how much of a batch's JSON a partition reader encodes before writing it out.
+// writeChunk is how much of a batch's events a partition reader encodes before writing them out.
 const writeChunk = 64 << 10
 
-// appendBuiltInEvent appends the JSON line of the record for the built-in endpoint, or nothing
-// when the message was not routed to it or is not device's (device ""; every device); the
-// enrichments for "events" are applied. raw keeps every record as stored. v is scratch space.
-func (s *Server) appendBuiltInEvent(b []byte, rec telemetry.Record, v *message.View, device string, raw bool) ([]byte, error) {
+// builtInRecord decodes the record into v and returns its encoding as the stream shows it (the
+// record, or its re-encoding with the enrichments for "events" applied), and false when the
+// message was not routed to the built-in endpoint or is not device's (device ""; every device).
+// raw keeps every record as stored.
+func (s *Server) builtInRecord(rec telemetry.Record, v *message.View, device string, raw bool) ([]byte, bool, error) {
 	if err := v.Decode(rec.Data); err != nil {
-		return b, fmt.Errorf("decode record %d of partition %d: %w", rec.Sequence, rec.Partition, err)
+		return nil, false, fmt.Errorf("decode record %d of partition %d: %w", rec.Sequence, rec.Partition, err)
 	}
 	if !raw && !v.ToEndpoint(message.BuiltInEndpoint) {
-		return b, nil
+		return nil, false, nil
 	}
 	if device != "" && string(v.ConnectionDeviceID) != device {
-		return b, nil
+		return nil, false, nil
 	}
 	enrich := !raw && s.routing != nil && s.routing.Router().HasEnrichments(message.BuiltInEndpoint)
-	if enrich || !v.PropertiesInOrder() {
-		// Through a Message: the enrichments set properties, and a record with its properties
-		// out of order (never written by the hub) is written as the map it decodes to.
-		var m message.Message
-		if err := m.UnmarshalBinary(rec.Data); err != nil {
-			return b, fmt.Errorf("decode record %d of partition %d: %w", rec.Sequence, rec.Partition, err)
-		}
-		if enrich {
-			s.routing.Router().Enrich(message.BuiltInEndpoint, &m)
-		}
-		data, err := m.MarshalBinary()
-		if err == nil {
-			err = v.Decode(data)
-		}
-		if err != nil {
-			return b, fmt.Errorf("re-encode record %d of partition %d: %w", rec.Sequence, rec.Partition, err)
-		}
+	if !enrich && v.PropertiesInOrder() {
+		return rec.Data, true, nil
 	}
-	return appendEvent(b, rec.Partition, rec.Sequence, v, raw), nil
+	// Through a Message: the enrichments set properties, and a record with its properties out
+	// of order (never written by the hub) is written as the map it decodes to.
+	var m message.Message
+	if err := m.UnmarshalBinary(rec.Data); err != nil {
+		return nil, false, fmt.Errorf("decode record %d of partition %d: %w", rec.Sequence, rec.Partition, err)
+	}
+	if enrich {
+		s.routing.Router().Enrich(message.BuiltInEndpoint, &m)
+	}
+	data, err := m.MarshalBinary()
+	if err == nil {
+		err = v.Decode(data)
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("re-encode record %d of partition %d: %w", rec.Sequence, rec.Partition, err)
+	}
+	return data, true, nil
 }
 
 // eventWriter serialises partition readers onto one response.
@@ -346,9 +360,10 @@ type eventWriter struct {
 	// flush to it: the last one flushes what all wrote, one flush (a few system calls and TLS
 	// records) instead of one per partition.
 	waiting atomic.Int32
+	binary  bool // api.EventStreamBinary frames, not NDJSON lines
 }
 
-// write writes JSON lines; more says that the caller writes again at once (no flush yet).
+// write writes encoded events; more says that the caller writes again at once (no flush yet).
 func (e *eventWriter) write(lines []byte, more bool) error {
 	e.waiting.Add(1)
 	e.mu.Lock()
@@ -369,12 +384,20 @@ func (e *eventWriter) streamError(err error) error {
 	if errors.Is(err, telemetry.ErrBeforeRetained) {
 		status, code = http.StatusBadRequest, "ArgumentInvalid"
 	}
+	line, jerr := json.Marshal(struct {
+		Error api.StreamError `json:"error"`
+	}{api.StreamError{Status: status, ErrorBody: api.NewErrorBody(code, err.Error())}})
+	if jerr != nil {
+		return jerr
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	line := struct {
-		Error api.StreamError `json:"error"`
-	}{api.StreamError{Status: status, ErrorBody: api.NewErrorBody(code, err.Error())}}
-	if err := json.NewEncoder(e.w).Encode(line); err != nil {
+	if e.binary {
+		_, err = e.w.Write(appendFrame(nil, api.EventFrameError, line))
+	} else {
+		_, err = e.w.Write(append(line, '\n'))
+	}
+	if err != nil {
 		return err
 	}
 	return e.flushLocked()
@@ -383,7 +406,11 @@ func (e *eventWriter) streamError(err error) error {
 func (e *eventWriter) heartbeat() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if _, err := e.w.WriteString("\n"); err != nil {
+	heartbeat := []byte("\n")
+	if e.binary {
+		heartbeat = appendFrame(nil, api.EventFrameHeartbeat, nil)
+	}
+	if _, err := e.w.Write(heartbeat); err != nil {
 		return err
 	}
 	return e.flushLocked()
