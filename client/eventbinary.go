@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -49,12 +50,20 @@ func (f *frameReader) next() (kind byte, payload []byte, err error) {
 	if n > maxFrame {
 		return 0, nil, fmt.Errorf("%w: %d bytes", errFrame, n)
 	}
-	if uint64(cap(f.buf)) < n {
-		f.buf = make([]byte, n)
+	// Grown as the payload arrives, so a length that the stream does not hold costs nothing.
+	const chunk = 64 << 10
+	if cap(f.buf) > 4*chunk && n <= chunk {
+		f.buf = nil // do not keep a large frame's buffer for small ones
 	}
-	f.buf = f.buf[:n]
-	if _, err := io.ReadFull(f.r, f.buf); err != nil {
-		return 0, nil, fmt.Errorf("%w: payload: %w", errFrame, noEOF(err))
+	f.buf = f.buf[:0]
+	for len(f.buf) < int(n) {
+		k := min(int(n)-len(f.buf), chunk)
+		f.buf = slices.Grow(f.buf, k)
+		m, err := io.ReadFull(f.r, f.buf[len(f.buf):len(f.buf)+k])
+		f.buf = f.buf[:len(f.buf)+m]
+		if err != nil {
+			return 0, nil, fmt.Errorf("%w: payload: %w", errFrame, noEOF(err))
+		}
 	}
 	return kind, f.buf, nil
 }

@@ -182,3 +182,29 @@ func BenchmarkDecodeBinaryEvent(b *testing.B) {
 		})
 	}
 }
+
+// TestBinaryLargeFrame: a frame larger than the reader's chunk arrives whole, and the small one
+// after it too.
+func TestBinaryLargeFrame(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789"), 30_000)
+	fr := newFrameReader(bytes.NewReader(concat(
+		eventFrame(t, 0, 1, message.Message{ConnectionDeviceID: "big", Body: big}),
+		eventFrame(t, 0, 2, message.Message{ConnectionDeviceID: "small", Body: []byte("s")}))))
+	d := newEventDecoder(true)
+	for _, want := range []string{string(big), "s"} {
+		kind, payload, err := fr.next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ev api.Event
+		if _, _, err := d.decodeFrame(kind, payload, false, &ev, false); err != nil {
+			t.Fatal(err)
+		}
+		if ev.Body == nil || *ev.Body != want {
+			t.Fatalf("body of %d bytes, want %d", len(*ev.Body), len(want))
+		}
+	}
+	if _, _, err := fr.next(); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the last frame: %v", err)
+	}
+}
