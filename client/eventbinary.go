@@ -119,13 +119,7 @@ func (d *eventDecoder) binaryEvent(payload []byte, raw bool, ev *api.Event, reus
 	if !d.skipProps {
 		var sys, props map[string]string
 		if reuse {
-			r := &d.reused
-			if r.sys == nil {
-				r.sys, r.props = make(map[string]string, 8), make(map[string]string, 8)
-			}
-			clear(r.sys)
-			clear(r.props)
-			sys, props = r.sys, r.props
+			sys, props = d.reusedMaps()
 		} else {
 			sys, props = make(map[string]string, 8), make(map[string]string, len(v.Properties))
 		}

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"reflect"
-	"strings"
 	"testing"
 	"time"
 
@@ -148,39 +147,6 @@ func FuzzDecodeFrames(f *testing.F) {
 			}
 		}
 	})
-}
-
-// BenchmarkDecodeBinaryEvent is a reader's work per event of the binary stream, as
-// BenchmarkDecodeEvent measures the NDJSON one (the same event: hubLine's).
-func BenchmarkDecodeBinaryEvent(b *testing.B) {
-	m := message.Message{ConnectionDeviceID: "bench-17", ConnectionAuthGenerationID: "639312185157875247",
-		ConnectionAuthMethod: `{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}`,
-		EnqueuedTime:         time.Unix(1764079200, 123456789).UTC(), Source: message.SourceTelemetry,
-		Body: []byte("01795621715899951812" + strings.Repeat("x", 236))}
-	f := eventFrame(b, 2, 1234567, m)
-	kind, payload, err := newFrameReader(bytes.NewReader(f)).next()
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, bc := range []struct {
-		name        string
-		reuse, skip bool
-	}{{"reuse", true, false}, {"new", false, false}, {"reuse-skip-properties", true, true}} {
-		b.Run(bc.name, func(b *testing.B) {
-			d := newEventDecoder(bc.skip)
-			var ev api.Event
-			b.SetBytes(int64(len(f)))
-			b.ReportAllocs()
-			for b.Loop() {
-				if _, _, err := d.decodeFrame(kind, payload, false, &ev, bc.reuse); err != nil {
-					b.Fatal(err)
-				}
-			}
-			if !strings.HasPrefix(*ev.Body, "0179") {
-				b.Fatal("wrong body")
-			}
-		})
-	}
 }
 
 // TestBinaryLargeFrame: a frame larger than the reader's chunk arrives whole, and the small one

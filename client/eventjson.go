@@ -79,12 +79,8 @@ func (d *eventDecoder) fast(line []byte, ev *api.Event, reuse bool) bool {
 	var body *string
 	if reuse {
 		r := &d.reused
-		if r.sys == nil {
-			r.sys, r.props = make(map[string]string, 8), make(map[string]string, 8)
-		}
-		clear(r.sys)
-		clear(r.props)
-		sys, props, routes, endpoints, body = r.sys, r.props, r.routes[:0], r.endpoints[:0], &r.body
+		sys, props = d.reusedMaps()
+		routes, endpoints, body = r.routes[:0], r.endpoints[:0], &r.body
 	}
 	p := parser{buf: line}
 	p.ws()
@@ -169,6 +165,17 @@ func (d *eventDecoder) fast(line []byte, ev *api.Event, reuse bool) bool {
 		d.reused.routes, d.reused.endpoints = routes, endpoints
 	}
 	return p.end()
+}
+
+// reusedMaps returns the decoder's reused maps, cleared.
+func (d *eventDecoder) reusedMaps() (sys, props map[string]string) {
+	r := &d.reused
+	if r.sys == nil {
+		r.sys, r.props = make(map[string]string, 8), make(map[string]string, 8)
+	}
+	clear(r.sys)
+	clear(r.props)
+	return r.sys, r.props
 }
 
 // str reads a string; intern remembers it (and hands out a remembered equal one).

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"encoding/json"
 	"reflect"
 	"strings"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tetherhub/tether/api"
+	"github.com/tetherhub/tether/internal/message"
 )
 
 // hubLine is an event line as the hub writes it for a `tether bench` device.
@@ -134,29 +136,58 @@ func FuzzDecodeEvent(f *testing.F) {
 	})
 }
 
-// BenchmarkDecodeEvent is a reader's work per event line: the stream's decoder with the
-// event reused (EventStream.Next), without (ReadEvents), reused without the properties (as
-// `tether bench --e2e` reads), and encoding/json as ReadEvents decoded lines before.
+// BenchmarkDecodeEvent is a reader's work per event: the same event (hubLine's) as an NDJSON
+// line and as a binary frame (api.EventStreamBinary), with the event reused (EventStream.Next),
+// without (ReadEvents), reused without the properties (as `tether bench --e2e` reads), and
+// encoding/json as ReadEvents decoded lines before.
 func BenchmarkDecodeEvent(b *testing.B) {
 	line := []byte(hubLine)
-	for _, bc := range []struct {
-		name        string
-		reuse, skip bool
-	}{{"reuse", true, false}, {"new", false, false}, {"reuse-skip-properties", true, true}} {
-		b.Run(bc.name, func(b *testing.B) {
-			d := newEventDecoder(bc.skip)
-			var ev api.Event
-			b.SetBytes(int64(len(line)))
-			b.ReportAllocs()
-			for b.Loop() {
-				if _, err := d.decode(line, &ev, bc.reuse); err != nil {
-					b.Fatal(err)
+	var ev api.Event
+	if err := json.Unmarshal(line, &ev); err != nil {
+		b.Fatal(err)
+	}
+	m := message.Message{ConnectionDeviceID: ev.DeviceID, ConnectionAuthGenerationID: ev.SystemProperties[message.NameAuthGenerationID],
+		ConnectionAuthMethod: ev.SystemProperties[message.NameAuthMethod], EnqueuedTime: ev.EnqueuedTime,
+		Source: ev.SystemProperties[message.NameMessageSource], Properties: ev.Properties, Body: []byte(*ev.Body)}
+	frame := eventFrame(b, uint64(ev.Partition), uint64(ev.SequenceNumber), m)
+	kind, payload, err := newFrameReader(bytes.NewReader(frame)).next()
+	if err != nil {
+		b.Fatal(err)
+	}
+	forms := []struct {
+		name   string
+		size   int
+		decode func(d *eventDecoder, ev *api.Event, reuse bool) error
+	}{
+		{"ndjson", len(line), func(d *eventDecoder, ev *api.Event, reuse bool) error {
+			_, err := d.decode(line, ev, reuse)
+			return err
+		}},
+		{"binary", len(frame), func(d *eventDecoder, ev *api.Event, reuse bool) error {
+			_, _, err := d.decodeFrame(kind, payload, false, ev, reuse)
+			return err
+		}},
+	}
+	for _, form := range forms {
+		for _, bc := range []struct {
+			name        string
+			reuse, skip bool
+		}{{"reuse", true, false}, {"new", false, false}, {"reuse-skip-properties", true, true}} {
+			b.Run(form.name+"/"+bc.name, func(b *testing.B) {
+				d := newEventDecoder(bc.skip)
+				var ev api.Event
+				b.SetBytes(int64(form.size))
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := form.decode(d, &ev, bc.reuse); err != nil {
+						b.Fatal(err)
+					}
 				}
-			}
-			if !strings.HasPrefix(*ev.Body, "0179") {
-				b.Fatal("wrong body")
-			}
-		})
+				if !strings.HasPrefix(*ev.Body, "0179") {
+					b.Fatal("wrong body")
+				}
+			})
+		}
 	}
 	b.Run("encoding-json", func(b *testing.B) {
 		b.SetBytes(int64(len(line)))

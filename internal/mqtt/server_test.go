@@ -601,38 +601,33 @@ func TestRefusedMessageClosesWithoutPuback(t *testing.T) {
 	})
 }
 
+// A panic while handling a connection ends that connection, not the hub: in Submit (the
+// reader) or in Connect (CONNECT runs on a goroutine of its own, see conn.serve).
 func TestPanicIsContained(t *testing.T) {
-	hub := newFakeHub()
-	hub.panicSubmit = true
-	s := startServer(t, hub, Options{})
-	c := connectDevice(t, s.addr, "dev1", testUsername, connectOpts{})
-	c.send(publishBytes(eventsTopic, 1, 1, nil, false))
-	c.expectClosed(2 * time.Second)
-	hub.waitFor(t, "disconnect", func() bool { return hub.devices[0].disc == 1 })
-	waitLog(t, s.logs, "level=ERROR", "panicked")
-	hub.mu.Lock()
-	hub.panicSubmit = false
-	hub.mu.Unlock()
-	c = connectDevice(t, s.addr, "dev1", testUsername, connectOpts{})
-	c.send(publishBytes(eventsTopic, 1, 1, nil, false))
-	c.expectPuback(1)
-}
-
-// CONNECT is handled on a goroutine of its own (conn.serve): a panic there is contained too.
-func TestPanicInConnectIsContained(t *testing.T) {
-	hub := newFakeHub()
-	hub.panicConnect = true
-	s := startServer(t, hub, Options{})
-	c := dial(t, s.addr)
-	c.send(connectBytes("dev1", testUsername, connectOpts{}))
-	c.expectClosed(2 * time.Second)
-	waitLog(t, s.logs, "level=ERROR", "panicked")
-	hub.mu.Lock()
-	hub.panicConnect = false
-	hub.mu.Unlock()
-	c = connectDevice(t, s.addr, "dev1", testUsername, connectOpts{})
-	c.send(publishBytes(eventsTopic, 1, 1, nil, false))
-	c.expectPuback(1)
+	for name, set := range map[string]func(h *fakeHub, on bool){
+		"submit":  func(h *fakeHub, on bool) { h.panicSubmit = on },
+		"connect": func(h *fakeHub, on bool) { h.panicConnect = on },
+	} {
+		t.Run(name, func(t *testing.T) {
+			hub := newFakeHub()
+			set(hub, true)
+			s := startServer(t, hub, Options{})
+			c := dial(t, s.addr)
+			c.send(connectBytes("dev1", testUsername, connectOpts{}))
+			c.send(publishBytes(eventsTopic, 1, 1, nil, false))
+			c.expectClosed(2 * time.Second)
+			if name == "submit" { // the device was admitted: it is told of the disconnect
+				hub.waitFor(t, "disconnect", func() bool { return hub.devices[0].disc == 1 })
+			}
+			waitLog(t, s.logs, "level=ERROR", "panicked")
+			hub.mu.Lock()
+			set(hub, false)
+			hub.mu.Unlock()
+			c = connectDevice(t, s.addr, "dev1", testUsername, connectOpts{})
+			c.send(publishBytes(eventsTopic, 1, 1, nil, false))
+			c.expectPuback(1)
+		})
+	}
 }
 
 func TestC2DSeam(t *testing.T) {
