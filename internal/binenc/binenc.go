@@ -123,6 +123,14 @@ func (d *Decoder) Varint() int64 {
 
 // Bytes reads a length-prefixed field; the result aliases the data.
 func (d *Decoder) Bytes() []byte {
+	// Most fields of a record are empty or short: a one-byte length needs no varint loop.
+	if len(d.buf) > 0 && d.buf[0] < 0x80 && d.err == nil {
+		if n := int(d.buf[0]); n < len(d.buf) {
+			b := d.buf[1 : 1+n]
+			d.buf = d.buf[1+n:]
+			return b
+		}
+	}
 	n := d.Uvarint()
 	if d.err != nil {
 		return nil

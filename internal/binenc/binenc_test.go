@@ -74,3 +74,37 @@ func TestFirstErrorSticks(t *testing.T) {
 		t.Fatalf("reads after an error: err %v, want %v", d.Err(), first)
 	}
 }
+
+// Bytes has a path for one-byte lengths and one for longer ones: fields on both sides of 127
+// bytes read back, and a record cut anywhere fails with the sentinel.
+func TestBytesAroundOneByteLengths(t *testing.T) {
+	sizes := []int{0, 1, 126, 127, 128, 300, 20000}
+	var b []byte
+	for i, n := range sizes {
+		f := make([]byte, n)
+		for j := range f {
+			f[j] = byte(i + j)
+		}
+		b = binary.AppendUvarint(b, uint64(n))
+		b = append(b, f...)
+	}
+	d := NewDecoder(b, errTest)
+	for i, n := range sizes {
+		f := d.Bytes()
+		if len(f) != n || (n > 0 && (f[0] != byte(i) || f[n-1] != byte(i+n-1))) {
+			t.Fatalf("field %d: %d bytes, want %d", i, len(f), n)
+		}
+	}
+	if err := d.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	for cut := range len(b) {
+		d := NewDecoder(b[:cut], errTest)
+		for range sizes {
+			d.Bytes()
+		}
+		if err := d.Finish(); !errors.Is(err, errTest) {
+			t.Fatalf("cut at %d: err = %v, want the sentinel", cut, err)
+		}
+	}
+}
