@@ -270,6 +270,10 @@ func (c *conn) finish() {
 	if c.expiry != nil {
 		c.expiry.Stop()
 	}
+	if c.poolsReader && c.br != nil {
+		c.s.readers.Put(c.br) // the reader has stopped: nothing reads the last packet any more
+		c.br = nil
+	}
 	c.mu.Lock()
 	r, cause := c.reason, c.cause
 	c.mu.Unlock()
