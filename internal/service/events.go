@@ -250,13 +250,14 @@ func parseBool(v string) (bool, error) {
 // tailPartition writes the partition's events from seq on until the request ends.
 func (s *Server) tailPartition(ctx context.Context, p int, seq int64, device string, raw bool, out *eventWriter) error {
 	var (
-		view message.View // reused for every record: decoding one allocates nothing
-		buf  []byte       // the batch's JSON lines, reused
+		view message.View         // reused for every record: decoding one allocates nothing
+		buf  []byte               // the batch's encoded events, reused
+		read telemetry.ReadBuffer // the batch's records, reused: each is done with before the next read
 	)
 	for {
 		// Subscribe before reading so an append between the read and the wait is not missed.
 		notify := s.log.Notify(p)
-		records, err := s.log.Read(p, seq, readBatchRecords, readBatchBytes)
+		records, err := s.log.ReadInto(&read, p, seq, readBatchRecords, readBatchBytes)
 		if errors.Is(err, telemetry.ErrBeforeRetained) {
 			// Retention overtook a slow reader: say so in the stream rather than skip silently.
 			first := "later"

@@ -30,7 +30,7 @@ type Authenticator interface {
 type EventLog interface {
 	Partitions() int
 	PartitionFor(key string) int
-	Read(partition int, from int64, max int, maxBytes int) ([]telemetry.Record, error)
+	ReadInto(buf *telemetry.ReadBuffer, partition int, from int64, max int, maxBytes int) ([]telemetry.Record, error)
 	Notify(partition int) <-chan struct{}
 	SeekTime(partition int, t time.Time) (int64, error)
 	Info(partition int) (telemetry.PartitionInfo, error)

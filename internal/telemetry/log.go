@@ -458,6 +458,22 @@ func (l *Log) Info(partition int) (PartitionInfo, error) {
 // slice when from > Last. maxBytes caps the total data size (0 = no cap) but
 // at least one record is returned when available. Data is copied out.
 func (l *Log) Read(partition int, from int64, max int, maxBytes int) ([]Record, error) {
+	return l.ReadInto(new(ReadBuffer), partition, from, max, maxBytes)
+}
+
+// ReadBuffer is memory that ReadInto reuses from one call to the next, for a
+// reader that is done with a batch before it reads the next one (a tailing
+// reader would otherwise allocate, and clear, its batch's memory on every
+// read). The zero value is ready to use.
+type ReadBuffer struct {
+	arena []byte
+	ends  []int
+	recs  []Record
+}
+
+// ReadInto is Read into buf: the records and their Data are buf's, valid until
+// the next ReadInto with buf.
+func (l *Log) ReadInto(buf *ReadBuffer, partition int, from int64, max int, maxBytes int) ([]Record, error) {
 	p, err := l.part(partition)
 	if err != nil {
 		return nil, fmt.Errorf("read: %w", err)
@@ -466,9 +482,10 @@ func (l *Log) Read(partition int, from int64, max int, maxBytes int) ([]Record, 
 		return nil, fmt.Errorf("read partition %d: max %d must be positive", partition, max)
 	}
 	var (
-		recs  []Record
-		ends  []int // end of each record's data in arena
-		arena []byte
+		recs  = buf.recs[:0]
+		ends  = buf.ends[:0] // end of each record's data in arena
+		arena = buf.arena[:0]
+		sized bool
 		full  bool
 	)
 	for len(recs) < max && !full {
@@ -509,9 +526,10 @@ func (l *Log) Read(partition int, from int64, max int, maxBytes int) ([]Record, 
 			return nil, fmt.Errorf("read partition %d: %w", partition, err)
 		}
 		start := from
-		if arena == nil {
+		if !sized {
 			// Sized once from what the span holds: growing by append copied the batch
 			// several times (a tailing reader asks for little more than was just written).
+			sized = true
 			n := sp.end - sp.off
 			if maxBytes > 0 && n > int64(maxBytes) {
 				n = int64(maxBytes)
@@ -520,8 +538,10 @@ func (l *Log) Read(partition int, from int64, max int, maxBytes int) ([]Record, 
 			if est := n / (headerSize + 64); est < k {
 				k = est + 1
 			}
-			if n > 0 {
+			if n > int64(cap(arena)) {
 				arena = make([]byte, 0, n)
+			}
+			if k > int64(cap(ends)) {
 				ends = make([]int, 0, k)
 				recs = make([]Record, 0, k)
 			}
@@ -557,6 +577,7 @@ func (l *Log) Read(partition int, from int64, max int, maxBytes int) ([]Record, 
 		recs[i].Data = arena[prev:ends[i]:ends[i]]
 		prev = ends[i]
 	}
+	buf.arena, buf.ends, buf.recs = arena, ends, recs
 	return recs, nil
 }
 

@@ -71,6 +71,25 @@ func TestRoundTrip(t *testing.T) {
 				for _, max := range []int{1, 7, 1000} {
 					checkRecords(t, p, readAll(t, l, p, 0, max), 0, exp[p])
 				}
+				// ReadInto with one buffer for every batch, each batch checked before the next
+				// read reuses its memory; batches of changing sizes, so the buffer grows and is
+				// reused shorter.
+				var rb ReadBuffer
+				from := int64(0)
+				for i := 0; ; i++ {
+					recs, err := l.ReadInto(&rb, p, from, []int{7, 1, 1000, 3}[i%4], 0)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(recs) == 0 {
+						break
+					}
+					checkRecords(t, p, recs, from, exp[p][from:from+int64(len(recs))])
+					from += int64(len(recs))
+				}
+				if from != int64(len(exp[p])) {
+					t.Fatalf("ReadInto read %d records of partition %d, want %d", from, p, len(exp[p]))
+				}
 				info, err := l.Info(p)
 				if err != nil {
 					t.Fatal(err)
