@@ -281,7 +281,9 @@ func (s *Server) tailPartition(ctx context.Context, p int, seq int64, device str
 		// pieces of about writeChunk, so a stream holds little more than its read batches.
 		buf = buf[:0]
 		wrote := false // a piece without its flush
+		size := 0      // of the batch's records
 		for _, rec := range records {
+			size += len(rec.Data)
 			if len(buf) >= writeChunk {
 				if err := out.write(buf, true); err != nil {
 					return err
@@ -308,6 +310,9 @@ func (s *Server) tailPartition(ctx context.Context, p int, seq int64, device str
 		}
 		if cap(buf) > 2*writeChunk {
 			buf = nil // one large record; do not keep its buffer
+		}
+		if size > readBatchBytes/4 {
+			read = telemetry.ReadBuffer{} // a large batch (a reader catching up): do not keep its memory
 		}
 	}
 }
