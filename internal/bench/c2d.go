@@ -349,11 +349,7 @@ func subscribeC2D(ctx context.Context, c *conn) error {
 		return fmt.Errorf("send SUBSCRIBE: %w", err)
 	}
 	for {
-		b, err := c.br.ReadByte()
-		if err != nil {
-			return fmt.Errorf("read SUBACK: %w", err)
-		}
-		n, err := readLength(c.br)
+		b, n, err := readFixedHeader(c.br)
 		if err != nil {
 			return fmt.Errorf("read SUBACK: %w", err)
 		}
@@ -564,12 +560,7 @@ func (d *c2dDevice) readLoop() {
 	br := c.br
 	var buf []byte
 	for {
-		b, err := br.ReadByte()
-		if err != nil {
-			c.readErr = err
-			return
-		}
-		n, err := readLength(br)
+		b, n, err := readFixedHeader(br)
 		if err != nil {
 			c.readErr = err
 			return
@@ -807,15 +798,7 @@ func (r *Result) writeC2DText(w io.Writer) error {
 		"              devices subscribe to devicebound with QoS 1 and PUBACK each message (completion)\n")
 	fmt.Fprintf(&b, "conditions:   %d devices, window %d outstanding per device, at most %d API calls at once, %d-byte payload, %s, %gs measured after %gs warm-up, GOMAXPROCS %d (%d CPUs)\n",
 		r.Devices, r.Window, cr.Parallel, r.Size, rate, r.Duration, r.Warmup, r.GOMAXPROCS, r.NumCPU)
-	c := r.Connect
-	fmt.Fprintf(&b, "connect:      %d/%d connected and subscribed in %.2fs (%.0f/s); per connection %s\n",
-		c.Connected, c.Attempted, c.Seconds, c.PerSec, formatPercentiles(c.Latency))
-	if c.Failed > 0 {
-		fmt.Fprintf(&b, "              %d failed; first: %s\n", c.Failed, c.FirstError)
-	}
-	if r.Interrupted {
-		fmt.Fprintf(&b, "interrupted:  measured %.2fs of %gs\n", r.Measured, r.Duration)
-	}
+	r.writeConnectText(&b, "connected and subscribed")
 	fmt.Fprintf(&b, "messages:     %d sent, %d accepted by the hub, %d failed; %d received and %d completed by the devices",
 		cr.Sent, cr.Accepted, cr.Failed, cr.Received, cr.Completed)
 	if cr.Unexpected > 0 {
@@ -842,7 +825,7 @@ func (r *Result) writeC2DText(w io.Writer) error {
 		fmt.Fprintf(&b, "; %d connections not closed within the drain period", r.Undrained)
 	}
 	b.WriteString("\n")
-	fmt.Fprintf(&b, "errors:       %d failed sends, %d disconnects, %d connect failures\n", cr.Failed, r.Disconnects, c.Failed)
+	fmt.Fprintf(&b, "errors:       %d failed sends, %d disconnects, %d connect failures\n", cr.Failed, r.Disconnects, r.Connect.Failed)
 	if len(cr.Errors) > 0 {
 		keys := make([]string, 0, len(cr.Errors))
 		for k := range cr.Errors {
@@ -856,13 +839,5 @@ func (r *Result) writeC2DText(w io.Writer) error {
 	if cr.FirstError != "" {
 		fmt.Fprintf(&b, "              first send error: %s\n", cr.FirstError)
 	}
-	if r.FirstDisconnect != "" {
-		fmt.Fprintf(&b, "              first disconnect: %s\n", r.FirstDisconnect)
-	}
-	if r.CPU != nil {
-		fmt.Fprintf(&b, "bench CPU:    %.2f cores (user %.2fs, system %.2fs), %.1f µs per message sent\n",
-			r.CPU.Cores, r.CPU.User, r.CPU.System, r.CPU.MicrosPerMsg)
-	}
-	_, err := io.WriteString(w, b.String())
-	return err
+	return r.finishText(&b, w, "message sent")
 }

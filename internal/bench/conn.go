@@ -454,12 +454,7 @@ func (c *conn) readLoop() {
 	defer func() { c.closedAt = r.now() }()
 	br := c.br
 	for {
-		b, err := br.ReadByte()
-		if err != nil {
-			c.readErr = err
-			return
-		}
-		n, err := readLength(br)
+		b, n, err := readFixedHeader(br)
 		if err != nil {
 			c.readErr = err
 			return
@@ -501,20 +496,23 @@ func (c *conn) acknowledged(r *runner, id uint16) {
 	}
 }
 
-// readLength reads MQTT's variable-length remaining length.
-func readLength(br *bufio.Reader) (int, error) {
-	n := 0
+// readFixedHeader reads a packet's fixed header: its first byte (type and flags) and its
+// variable-length remaining length.
+func readFixedHeader(br *bufio.Reader) (first byte, remaining int, err error) {
+	if first, err = br.ReadByte(); err != nil {
+		return 0, 0, err
+	}
 	for i := 0; i < 4; i++ {
 		b, err := br.ReadByte()
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
-		n |= int(b&0x7f) << (7 * i)
+		remaining |= int(b&0x7f) << (7 * i)
 		if b&0x80 == 0 {
-			return n, nil
+			return first, remaining, nil
 		}
 	}
-	return 0, errors.New("malformed remaining length")
+	return 0, 0, errors.New("malformed remaining length")
 }
 
 // disconnected reports why the connection ended when the run did not end it.

@@ -60,11 +60,7 @@ func serveFake(nc net.Conn, reverse bool) {
 		return bw.Flush() == nil
 	}
 	for {
-		b, err := br.ReadByte()
-		if err != nil {
-			return
-		}
-		n, err := readLength(br)
+		b, n, err := readFixedHeader(br)
 		if err != nil || n > len(buf) {
 			return
 		}

@@ -87,6 +87,20 @@ type CPUResult struct {
 }
 
 // WriteText prints the result for people.
+// writeConnectText writes the connect phase, what each device did in it ("connected"), and
+// whether the run was interrupted.
+func (r *Result) writeConnectText(b *strings.Builder, did string) {
+	c := r.Connect
+	fmt.Fprintf(b, "connect:      %d/%d %s in %.2fs (%.0f/s); per connection %s\n",
+		c.Connected, c.Attempted, did, c.Seconds, c.PerSec, formatPercentiles(c.Latency))
+	if c.Failed > 0 {
+		fmt.Fprintf(b, "              %d failed; first: %s\n", c.Failed, c.FirstError)
+	}
+	if r.Interrupted {
+		fmt.Fprintf(b, "interrupted:  measured %.2fs of %gs\n", r.Measured, r.Duration)
+	}
+}
+
 func (r *Result) WriteText(w io.Writer) error {
 	if r.C2D != nil {
 		return r.writeC2DText(w)
@@ -99,15 +113,7 @@ func (r *Result) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "target:       %s (%s, MQTT over %s)\n", r.Target, r.Broker, strings.ToUpper(r.Transport))
 	fmt.Fprintf(&b, "conditions:   %d devices, QoS %d, window %d, %d-byte payload, %s, %gs measured after %gs warm-up, GOMAXPROCS %d (%d CPUs)\n",
 		r.Devices, r.QoS, r.Window, r.Size, rate, r.Duration, r.Warmup, r.GOMAXPROCS, r.NumCPU)
-	c := r.Connect
-	fmt.Fprintf(&b, "connect:      %d/%d connected in %.2fs (%.0f/s); per connection %s\n",
-		c.Connected, c.Attempted, c.Seconds, c.PerSec, formatPercentiles(c.Latency))
-	if c.Failed > 0 {
-		fmt.Fprintf(&b, "              %d failed; first: %s\n", c.Failed, c.FirstError)
-	}
-	if r.Interrupted {
-		fmt.Fprintf(&b, "interrupted:  measured %.2fs of %gs\n", r.Measured, r.Duration)
-	}
+	r.writeConnectText(&b, "connected")
 	if r.QoS == 1 {
 		fmt.Fprintf(&b, "messages:     %d sent, %d acknowledged, %d unacknowledged\n", r.Sent, r.Acked, r.Unacked)
 	} else {
@@ -133,13 +139,19 @@ func (r *Result) WriteText(w io.Writer) error {
 	}
 	b.WriteString("\n")
 	fmt.Fprintf(&b, "errors:       %d disconnects, %d connect failures, %d stray PUBACKs, %d stuck writers\n",
-		r.Disconnects, c.Failed, r.StrayAcks, r.Stuck)
+		r.Disconnects, r.Connect.Failed, r.StrayAcks, r.Stuck)
+	return r.finishText(&b, w, "message")
+}
+
+// finishText writes the first disconnect and the tool's CPU per what (a message, a message
+// sent) after b, and b to w.
+func (r *Result) finishText(b *strings.Builder, w io.Writer, what string) error {
 	if r.FirstDisconnect != "" {
-		fmt.Fprintf(&b, "              first disconnect: %s\n", r.FirstDisconnect)
+		fmt.Fprintf(b, "              first disconnect: %s\n", r.FirstDisconnect)
 	}
 	if r.CPU != nil {
-		fmt.Fprintf(&b, "bench CPU:    %.2f cores (user %.2fs, system %.2fs), %.1f µs per message\n",
-			r.CPU.Cores, r.CPU.User, r.CPU.System, r.CPU.MicrosPerMsg)
+		fmt.Fprintf(b, "bench CPU:    %.2f cores (user %.2fs, system %.2fs), %.1f µs per %s\n",
+			r.CPU.Cores, r.CPU.User, r.CPU.System, r.CPU.MicrosPerMsg, what)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
