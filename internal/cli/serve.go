@@ -31,6 +31,8 @@ type ServeCmd struct {
 	RetentionInterval time.Duration `name:"retention-interval" env:"TETHER_RETENTION_INTERVAL" default:"1m" help:"How often telemetry past retention is removed."`
 	MaxConsumerGroups int           `name:"max-consumer-groups" env:"TETHER_MAX_CONSUMER_GROUPS" default:"20" help:"Most consumer groups of the built-in endpoint, $Default included."`
 
+	MQTTParkAfter time.Duration `name:"mqtt-park-after" env:"TETHER_MQTT_PARK_AFTER" default:"2s" help:"How long an MQTT connection (TLS or TCP, on Linux) may wait for its next packet before it gives up its goroutine and read buffer until data arrives; 0 = never."`
+
 	DebugAddr string `name:"debug-addr" env:"TETHER_DEBUG_ADDR" help:"Serve Go's pprof profiles (/debug/pprof/) on this address, plain HTTP without authentication: bind it to loopback. Off by default."`
 
 	C2D C2DSettingsFlags `embed:""`
@@ -77,6 +79,10 @@ func (s *ServeCmd) Run(env *Env, c *CLI) error {
 		MaxConsumerGroups: s.MaxConsumerGroups,
 		C2D:               s.C2D.settings(),
 		ConfigFile:        string(c.Config),
+		MQTTParkAfter:     s.MQTTParkAfter,
+	}
+	if s.MQTTParkAfter <= 0 {
+		cfg.MQTTParkAfter = -1 // never; zero would be the default
 	}
 	return server.Serve(env.ctx, cfg, func(st server.Started) {
 		w := env.Stdout

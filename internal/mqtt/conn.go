@@ -70,6 +70,7 @@ var (
 	errConnectRefused = errors.New("connect refused")
 	errDisconnect     = errors.New("DISCONNECT received")
 	errStopped        = errors.New("stopped reading")
+	errIdle           = errors.New("idle: no packet within the park delay")
 )
 
 // aLongTimeAgo is a read deadline that fails reads at once.
@@ -80,8 +81,8 @@ type pendingAck struct {
 	r  Receipt
 }
 
-// conn is one device connection. The reader goroutine (serve) owns the packet loop; the acker
-// goroutine exists only while QoS 1 acknowledgements are pending.
+// conn is one device connection. The reader goroutine (serve, and after a park resume) owns
+// the packet loop; the acker goroutine exists only while QoS 1 acknowledgements are pending.
 type conn struct {
 	s   *Server
 	nc  net.Conn
@@ -96,6 +97,7 @@ type conn struct {
 	ctx         context.Context // cancelled when the connection is torn down; bounds Submit and Wait
 	cancel      context.CancelFunc
 	done        chan struct{} // closed when the connection has fully ended
+	stopAbort   func() bool   // unhooks the parent context's abort; set before the reader starts
 
 	// Set while handling CONNECT, read-only afterwards.
 	dev       Device
@@ -112,6 +114,14 @@ type conn struct {
 	lazyRead, lazyWrite bool
 	readBy              time.Time // when the packet being read must have arrived; reader only
 	readSet             time.Time // the read deadline last set on nc; reader only
+
+	// Parking (see park): set once before serving; the rest belongs to the reader, except
+	// parkToken and parkTimer, which the poller's mutex guards.
+	parks     bool
+	parkAt    time.Time // when a connection still waiting for a packet parks; zero: not before readBy
+	waiting   bool      // the reader waits for a packet's first byte
+	parkToken uint64    // non-zero while parked
+	parkTimer *time.Timer
 
 	wmu      sync.Mutex // serialises writes
 	wbuf     [4]byte    // scratch for the fixed-size packets, guarded by wmu
@@ -200,6 +210,7 @@ func (c *conn) close(r closeReason, cause error) {
 	c.setReason(r, cause)
 	c.cancel()
 	c.nc.Close()
+	c.wake()
 }
 
 // stop makes the reader stop reading; it then waits for the pending PUBACKs and closes.
@@ -212,13 +223,11 @@ func (c *conn) stop(r closeReason) {
 	case c.space <- struct{}{}:
 	default:
 	}
+	c.wake()
 }
 
 func (c *conn) serve() {
-	stopAbort := context.AfterFunc(c.parent, func() { c.close(reasonAborted, c.parent.Err()) })
-	defer stopAbort()
-	defer c.finish()
-	defer c.recoverPanic()
+	c.stopAbort = context.AfterFunc(c.parent, func() { c.close(reasonAborted, c.parent.Err()) })
 	// The handshake and CONNECT run on a goroutine of their own: TLS and authentication grow a
 	// stack to 8 KiB, which the long-lived reader would otherwise keep while the device idles.
 	err := errStopped // what a panic in connect leaves; recoverPanic has said why
@@ -229,8 +238,26 @@ func (c *conn) serve() {
 		err = c.connect()
 	}()
 	<-connected
+	c.read(err, false)
+}
+
+// read runs the packet loop, unless connecting failed (err), until the connection ends, and
+// then tears it down; or until it parks, when another goroutine will call read again with
+// resumed set. The reader is whichever goroutine runs read.
+func (c *conn) read(err error, resumed bool) {
+	parked := false
+	defer func() {
+		if !parked {
+			c.finish()
+		}
+	}()
+	defer c.recoverPanic()
 	if err == nil {
-		err = c.readLoop()
+		err = c.readLoop(resumed)
+		if errors.Is(err, errParked) {
+			parked = true // c belongs to the next reader already
+			return
+		}
 	}
 	c.setReason(reasonFor(err), err)
 }
@@ -261,6 +288,8 @@ func reasonFor(err error) closeReason {
 
 // finish tears the connection down once the reader has stopped.
 func (c *conn) finish() {
+	defer c.s.untrack(c)
+	defer c.stopAbort()
 	defer close(c.done)
 	defer func() {
 		if p := recover(); p != nil {
@@ -269,6 +298,9 @@ func (c *conn) finish() {
 	}()
 	if c.expiry != nil {
 		c.expiry.Stop()
+	}
+	if c.parkTimer != nil { // set by a park this reader has returned from
+		c.parkTimer.Stop()
 	}
 	if c.poolsReader && c.br != nil {
 		c.s.readers.Put(c.br) // the reader has stopped: nothing reads the last packet any more
@@ -364,23 +396,40 @@ func (c *conn) readPacket(deadline time.Time) (packets.FixedHeader, []byte, erro
 // nothing buffered gives its read buffer back while it waits, and takes one from the pool when
 // the byte has come. What the previous packet's body aliased is not used after this point.
 func (c *conn) readPacketStart() (byte, error) {
-	if !c.poolsReader || (c.br != nil && c.br.Buffered() > 0) {
+	if c.br != nil && c.br.Buffered() > 0 {
 		return c.br.ReadByte()
 	}
+	c.waiting = true
+	defer func() { c.waiting = false }()
+	if !c.poolsReader {
+		if c.br == nil { // given back by park
+			c.br = c.takeReader()
+		}
+		return c.br.ReadByte()
+	}
+	c.releaseReader()
+	if _, err := io.ReadFull(c.src, c.first[:]); err != nil {
+		return 0, err
+	}
+	c.br = c.takeReader()
+	return c.first[0], nil
+}
+
+// takeReader returns a read buffer on c.src from the server's pool.
+func (c *conn) takeReader() *bufio.Reader {
+	if br, ok := c.s.readers.Get().(*bufio.Reader); ok {
+		br.Reset(c.src)
+		return br
+	}
+	return bufio.NewReaderSize(c.src, readBufferSize)
+}
+
+// releaseReader gives the read buffer back to the pool; it must hold nothing unread.
+func (c *conn) releaseReader() {
 	if c.br != nil {
 		c.s.readers.Put(c.br)
 		c.br = nil
 	}
-	if _, err := io.ReadFull(c.src, c.first[:]); err != nil {
-		return 0, err
-	}
-	if br, ok := c.s.readers.Get().(*bufio.Reader); ok {
-		br.Reset(c.src)
-		c.br = br
-	} else {
-		c.br = bufio.NewReaderSize(c.src, readBufferSize)
-	}
-	return c.first[0], nil
 }
 
 // armRead makes the reads of the next packet fail once deadline passes. With lazy deadlines
@@ -388,14 +437,20 @@ func (c *conn) readPacketStart() (byte, error) {
 // keep-alive or more, so a device that keeps sending changes it (a timer in the runtime) at
 // most twice per keep-alive period instead of once per packet; when it passes before
 // deadline, keepAliveReader moves it to deadline and the read goes on, so a connection still
-// times out exactly at deadline.
+// times out exactly at deadline. A connection that parks wants it no later than parkAt, and
+// any earlier: keepAliveReader moves it on (at most once per ParkAfter for a busy device).
 func (c *conn) armRead(deadline time.Time) error {
 	c.readBy = deadline
-	if c.lazyRead && !c.readSet.After(deadline) && deadline.Sub(c.readSet) < c.keepAlive/2 {
+	target := deadline
+	if !c.parkAt.IsZero() && c.parkAt.Before(deadline) {
+		target = c.parkAt
+	}
+	if c.lazyRead && !c.readSet.IsZero() && !c.readSet.After(target) &&
+		(c.parks || deadline.Sub(c.readSet) < c.keepAlive/2) {
 		return nil
 	}
-	c.readSet = deadline
-	return c.nc.SetReadDeadline(deadline)
+	c.readSet = target
+	return c.nc.SetReadDeadline(target)
 }
 
 // keepAliveReader is what the read buffer of a connection with lazy read deadlines reads from:
@@ -408,13 +463,26 @@ func (r keepAliveReader) Read(p []byte) (int, error) {
 	for {
 		n, err := c.nc.Read(p)
 		if n > 0 || err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || c.stopping.Load() ||
-			c.readSet.Equal(c.readBy) || !time.Now().Before(c.readBy) {
+			c.readSet.Equal(c.readBy) {
 			return n, err
+		}
+		now := time.Now()
+		if !now.Before(c.readBy) {
+			return n, err
+		}
+		next := c.readBy
+		if c.waiting && !c.parkAt.IsZero() {
+			if !now.Before(c.parkAt) {
+				return 0, errIdle
+			}
+			if c.parkAt.Before(next) {
+				next = c.parkAt
+			}
 		}
 		// stop() sets stopping before its own deadline: checked after this one is set, a stop
 		// either is seen here or sets its deadline after this one.
-		c.readSet = c.readBy
-		if serr := c.nc.SetReadDeadline(c.readBy); serr != nil {
+		c.readSet = next
+		if serr := c.nc.SetReadDeadline(next); serr != nil {
 			return 0, serr
 		}
 		if c.stopping.Load() {
@@ -610,14 +678,35 @@ func protocolOf(body []byte) (string, byte, bool) {
 	return string(body[2 : 2+n]), body[2+n], true
 }
 
-func (c *conn) readLoop() error {
+// readLoop reads and handles packets until the connection ends or parks (errParked). A
+// resumed reader first waits for the packet the parked one was waiting for, by the same
+// deadline.
+func (c *conn) readLoop(resumed bool) error {
+	deadline := time.Now().Add(c.keepAlive)
+	if resumed {
+		deadline = c.readBy
+	} else if c.parks {
+		c.parkAt = deadline.Add(c.s.opts.ParkAfter - c.keepAlive)
+	}
 	for {
-		fh, body, err := c.readPacket(time.Now().Add(c.keepAlive))
+		fh, body, err := c.readPacket(deadline)
+		if errors.Is(err, errIdle) {
+			if c.park() {
+				return errParked
+			}
+			c.parkAt = time.Time{} // wait for this packet as a connection that does not park
+			continue
+		}
 		if err != nil {
 			return err
 		}
 		if err := c.handle(fh, body); err != nil {
 			return err
+		}
+		now := time.Now()
+		deadline = now.Add(c.keepAlive)
+		if c.parks {
+			c.parkAt = now.Add(c.s.opts.ParkAfter)
 		}
 	}
 }

@@ -136,6 +136,52 @@ func TestArmRead(t *testing.T) {
 	}
 }
 
+// TestArmReadParking: a connection that parks puts the socket's deadline at parkAt when it is
+// earlier than the packet's, and leaves an earlier one alone (keepAliveReader moves it on); after
+// a park (readSet cleared) the packet's own deadline is set.
+func TestArmReadParking(t *testing.T) {
+	const ka = 10 * time.Second
+	t0 := time.Now()
+	nc := &scriptConn{}
+	c := scriptedConn(nc, true, ka)
+	c.parks = true
+	steps := []struct {
+		parkAt, deadline, wantSet time.Duration // from t0; wantSet 0: not set
+		clearSet                  bool
+	}{
+		{parkAt: 2 * time.Second, deadline: ka, wantSet: 2 * time.Second},
+		{parkAt: 3 * time.Second, deadline: ka + time.Second},
+		{parkAt: 9 * time.Second, deadline: ka + 7*time.Second},
+		{deadline: ka + 7*time.Second, clearSet: true, wantSet: ka + 7*time.Second},
+		{parkAt: 12 * time.Second, deadline: ka + 8*time.Second, wantSet: 12 * time.Second}, // earlier than the socket's
+		{parkAt: 13 * time.Second, deadline: ka + 9*time.Second},
+	}
+	for i, st := range steps {
+		c.parkAt = time.Time{}
+		if st.parkAt != 0 {
+			c.parkAt = t0.Add(st.parkAt)
+		}
+		if st.clearSet {
+			c.readSet = time.Time{}
+		}
+		before := len(nc.readDeadlines)
+		if err := c.armRead(t0.Add(st.deadline)); err != nil {
+			t.Fatal(err)
+		}
+		switch set := len(nc.readDeadlines) > before; {
+		case set && st.wantSet == 0:
+			t.Errorf("step %d: set %v, want left alone", i, nc.readDeadlines[before].Sub(t0))
+		case !set && st.wantSet != 0:
+			t.Errorf("step %d: left alone, want set to %v", i, st.wantSet)
+		case set && !nc.readDeadlines[before].Equal(t0.Add(st.wantSet)):
+			t.Errorf("step %d: set %v, want %v", i, nc.readDeadlines[before].Sub(t0), st.wantSet)
+		}
+		if !c.readBy.Equal(t0.Add(st.deadline)) {
+			t.Errorf("step %d: readBy %v", i, c.readBy.Sub(t0))
+		}
+	}
+}
+
 // TestKeepAliveReader: a read deadline that passes before the packet's own is moved to it and
 // the read goes on; at the packet's own deadline, or when stopping, the timeout is returned.
 func TestKeepAliveReader(t *testing.T) {
@@ -149,6 +195,11 @@ func TestKeepAliveReader(t *testing.T) {
 		want      string
 		wantErr   bool
 		wantMoved bool
+		// Parking: the reader waits for a packet's first byte, and parks at parkAt.
+		waiting  bool
+		parkAt   time.Time
+		wantIdle bool
+		movedTo  time.Time // default readBy
 	}{
 		{name: "data", readSet: future, readBy: future, reads: []scriptStep{{data: []byte("ab")}}, want: "ab"},
 		{name: "early deadline: moved, read goes on", readSet: time.Now(), readBy: future,
@@ -161,19 +212,33 @@ func TestKeepAliveReader(t *testing.T) {
 			reads: []scriptStep{{err: timeout}}, wantErr: true},
 		{name: "other errors", readSet: time.Now(), readBy: future,
 			reads: []scriptStep{{err: net.ErrClosed}}, wantErr: true},
+		{name: "parking: idle until parkAt", readSet: time.Now(), readBy: future, waiting: true,
+			parkAt: time.Now(), reads: []scriptStep{{err: timeout}}, wantErr: true, wantIdle: true},
+		{name: "parking: a packet came since, moved to parkAt", readSet: time.Now(), readBy: future, waiting: true,
+			parkAt: future.Add(-time.Minute), reads: []scriptStep{{err: timeout}, {data: []byte("ab")}}, want: "ab",
+			wantMoved: true, movedTo: future.Add(-time.Minute)},
+		{name: "parking: in the middle of a packet, moved to readBy", readSet: time.Now(), readBy: future,
+			parkAt: time.Now(), reads: []scriptStep{{err: timeout}, {data: []byte("ab")}}, want: "ab", wantMoved: true},
+		{name: "parking: stopping, not idle", readSet: time.Now(), readBy: future, stopping: true, waiting: true,
+			parkAt: time.Now(), reads: []scriptStep{{err: timeout}}, wantErr: true},
 	}
 	for _, tt := range tests {
 		nc := &scriptConn{reads: tt.reads}
 		c := scriptedConn(nc, true, time.Minute)
 		c.readSet, c.readBy = tt.readSet, tt.readBy
 		c.stopping.Store(tt.stopping)
+		c.waiting, c.parkAt = tt.waiting, tt.parkAt
 		p := make([]byte, 10)
 		n, err := keepAliveReader{c}.Read(p)
-		if (err != nil) != tt.wantErr || string(p[:n]) != tt.want {
+		if (err != nil) != tt.wantErr || string(p[:n]) != tt.want || errors.Is(err, errIdle) != tt.wantIdle {
 			t.Errorf("%s: read %q, %v", tt.name, p[:n], err)
 		}
-		if moved := len(nc.readDeadlines) > 0; moved != tt.wantMoved || moved && !nc.readDeadlines[0].Equal(tt.readBy) {
-			t.Errorf("%s: deadlines set %v, want moved %v to %v", tt.name, nc.readDeadlines, tt.wantMoved, tt.readBy)
+		movedTo := tt.readBy
+		if !tt.movedTo.IsZero() {
+			movedTo = tt.movedTo
+		}
+		if moved := len(nc.readDeadlines) > 0; moved != tt.wantMoved || moved && !nc.readDeadlines[0].Equal(movedTo) {
+			t.Errorf("%s: deadlines set %v, want moved %v to %v", tt.name, nc.readDeadlines, tt.wantMoved, movedTo)
 		}
 	}
 }

@@ -4,7 +4,9 @@
 // UNSUBSCRIBE, PINGREQ, DISCONNECT) with IoT Hub's semantics rather than a general broker's.
 //
 // The package only translates: who may connect, what a valid message is and where it is stored
-// are the Hub's decisions. A connection is one goroutine reading packets; a QoS 1 PUBLISH is
+// are the Hub's decisions. A connection is one goroutine reading packets, which an idle
+// connection gives up after Options.ParkAfter (Linux: its socket then waits in an epoll set of
+// the server's, and the first byte, hang-up, deadline or close starts a new one); a QoS 1 PUBLISH is
 // submitted to the hub at once and acknowledged by a second goroutine, started only while
 // acknowledgements are pending, which waits for each message to become durable in arrival
 // order. So PUBACKs leave in arrival order, reading continues while earlier messages are being

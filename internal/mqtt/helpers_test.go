@@ -332,6 +332,18 @@ func startServerOn(t testing.TB, hub Hub, opts Options, ln net.Listener) *testSe
 	return &testServer{Server: s, addr: ln.Addr().String(), logs: logs}
 }
 
+// waitParked waits until n connections of s are parked.
+func waitParked(t testing.TB, s *Server, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Parked() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections parked, want %d", s.Parked(), n)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
 // ---- client ----
 
 type client struct {

@@ -110,6 +110,10 @@ type Options struct {
 	WriteTimeout time.Duration
 	// Now is the clock for credential expiry. Default time.Now.
 	Now func() time.Time
+	// ParkAfter is how long a connection served by Server.Serve may wait for its next packet
+	// before it gives up its goroutine and read buffer until the socket is readable again
+	// (Linux; TCP and TLS over TCP). Default 2 s; negative: never.
+	ParkAfter time.Duration
 }
 
 func (o Options) withDefaults() Options {
@@ -133,6 +137,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.ParkAfter == 0 {
+		o.ParkAfter = 2 * time.Second
 	}
 	return o
 }

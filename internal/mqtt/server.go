@@ -23,6 +23,7 @@ type Server struct {
 	wg        sync.WaitGroup     // one count per tracked connection
 
 	readers sync.Pool // *bufio.Reader of readBufferSize, shared by TLS connections (see conn.poolsReader)
+	poller  *poller   // watches parked connections; nil where parking is not supported
 }
 
 // identity is a device or module; one connection per identity is allowed.
@@ -38,12 +39,14 @@ func NewServer(hub Hub, opts Options) *Server {
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
 		byID:      make(map[identity]*conn),
+		poller:    newPoller(opts.Logger),
 	}
 }
 
 // Serve accepts connections on ln until ln is closed, ctx is done or Shutdown is called, and
-// serves each on its own goroutine. TLS, if any, is the listener's (a tls.Listener); the
-// handshake runs on the connection's goroutine, bounded by Options.ConnectTimeout. transport
+// serves each on its own goroutine, which an idle connection gives up (Options.ParkAfter).
+// TLS, if any, is the listener's (a tls.Listener); the handshake runs on the connection's
+// goroutine, bounded by Options.ConnectTimeout. transport
 // is passed to the hub ("mqtt" or "mqtt-ws"). Cancelling ctx closes the listener and aborts
 // the connections served from it at once; call Shutdown first to drain them. Serve returns nil
 // after ctx is done or Shutdown, otherwise the listener's error.
@@ -84,7 +87,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, transport string) e
 			return fmt.Errorf("mqtt: accept on %s: %w", ln.Addr(), err)
 		}
 		delay = 0
-		go s.ServeConn(ctx, nc, transport)
+		go s.serveConn(ctx, nc, transport, true)
 	}
 }
 
@@ -92,6 +95,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, transport string) e
 // returns when it has ended: the hub's Device.Disconnected has returned and nc is closed.
 // Cancelling ctx aborts the connection.
 func (s *Server) ServeConn(ctx context.Context, nc net.Conn, transport string) {
+	s.serveConn(ctx, nc, transport, false)
+}
+
+// serveConn serves nc until it ends or, when mayPark allows it, until it parks: then a reader
+// goroutine started by the poller, a timer or a close carries on (see conn.park).
+func (s *Server) serveConn(ctx context.Context, nc net.Conn, transport string, mayPark bool) {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -99,16 +108,19 @@ func (s *Server) ServeConn(ctx context.Context, nc net.Conn, transport string) {
 		return
 	}
 	c := newConn(ctx, s, nc, transport)
+	c.parks = mayPark && s.poller != nil && s.opts.ParkAfter > 0 && c.lazyRead
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-		s.wg.Done()
-	}()
 	c.serve()
+}
+
+// untrack forgets a connection that has ended.
+func (s *Server) untrack(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.wg.Done()
 }
 
 // Shutdown stops accepting, stops reading from every connection, lets the QoS 1 publishes
@@ -162,6 +174,10 @@ func (s *Server) Connections() int {
 	defer s.mu.Unlock()
 	return len(s.conns)
 }
+
+// Parked returns the number of connections that wait for their next packet without a
+// goroutine (Options.ParkAfter).
+func (s *Server) Parked() int { return s.poller.count() }
 
 func (s *Server) isClosing() bool {
 	s.mu.Lock()

@@ -67,6 +67,9 @@ type Config struct {
 	ConfigFile string
 	// C2D are the cloud-to-device settings; zero fields take IoT Hub's defaults.
 	C2D c2d.Settings
+	// MQTTParkAfter is how long an idle MQTT connection keeps its goroutine (0 = 2 s,
+	// negative = always; see mqtt.Options.ParkAfter).
+	MQTTParkAfter time.Duration
 }
 
 // Run describes a started hub; it is also the content of the run file.
@@ -181,7 +184,7 @@ func Serve(ctx context.Context, cfg Config, ready func(Started)) (err error) {
 	hubEvents.Publisher = h
 	reg.OnChange(hubEvents.RegistryChanged)
 
-	mqttServer := mqtt.NewServer(mqttAdapter{hub: h, c2d: c2dStore, logger: logger.With("component", "c2d")}, mqtt.Options{Logger: logger.With("component", "mqtt")})
+	mqttServer := mqtt.NewServer(mqttAdapter{hub: h, c2d: c2dStore, logger: logger.With("component", "c2d")}, mqtt.Options{Logger: logger.With("component", "mqtt"), ParkAfter: cfg.MQTTParkAfter})
 	// IoT Hub closes the connections of an identity that is disabled or deleted.
 	reg.OnChange(func(ev registry.ChangeEvent) {
 		revoked := ev.Op == registry.Deleted ||

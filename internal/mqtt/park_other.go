@@ -1,0 +1,19 @@
+//go:build !linux
+
+package mqtt
+
+import (
+	"log/slog"
+	"time"
+)
+
+// poller is Linux-only (epoll); elsewhere connections never park.
+type poller struct{}
+
+func newPoller(*slog.Logger) *poller { return nil }
+
+func (*poller) park(*conn, time.Duration) (bool, error) { return false, nil }
+
+func (*poller) unpark(*conn) bool { return false }
+
+func (*poller) count() int { return 0 }
