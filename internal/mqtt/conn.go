@@ -142,7 +142,9 @@ type conn struct {
 }
 
 func newConn(ctx context.Context, s *Server, nc net.Conn, transport string) *conn {
-	cctx, cancel := context.WithCancel(ctx)
+	// Not a child of ctx: the abort hook (serve) cancels it through close, and one registration
+	// with the parent per connection is enough (each costs an entry in its children map).
+	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c := &conn{
 		s:         s,
 		nc:        nc,

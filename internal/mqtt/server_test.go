@@ -15,6 +15,7 @@ import (
 	"math/big"
 	"net"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -843,5 +844,53 @@ func TestTLSPacketsAroundTheReadBuffer(t *testing.T) {
 				t.Fatalf("dev%d: message %d is %d bytes (%.4x...), want %d bytes (%.4x...)", d+1, n, len(b), b, len(want[d][n]), want[d][n])
 			}
 		}
+	}
+}
+
+// TestCancelAbortsConnections: cancelling Serve's context ends its connections at once, whether
+// they are reading or parked, and a publish waiting to become durable is not acknowledged.
+func TestCancelAbortsConnections(t *testing.T) {
+	for _, parked := range []bool{false, true} {
+		if parked && runtime.GOOS != "linux" {
+			continue
+		}
+		t.Run(fmt.Sprintf("parked=%v", parked), func(t *testing.T) {
+			hub := newFakeHub()
+			hub.manual = true
+			opts := Options{Logger: discardLogger(), ParkAfter: -1}
+			if parked {
+				opts.ParkAfter = 20 * time.Millisecond
+			}
+			s := NewServer(hub, opts)
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			served := make(chan error, 1)
+			go func() { served <- s.Serve(ctx, ln, "mqtt") }()
+			busy := connectDevice(t, ln.Addr().String(), "dev1", testUsername, connectOpts{})
+			idle := connectDevice(t, ln.Addr().String(), "dev2", "localhost/dev2/?api-version=1", connectOpts{})
+			busy.send(publishBytes(eventsTopic, 1, 1, nil, false)) // its receipt never completes
+			hub.waitFor(t, "submitted", func() bool { return len(hub.submitted) == 1 })
+			if parked {
+				waitParked(t, s, 2) // the acknowledger waits on its own
+			}
+			cancel()
+			busy.expectClosed(2 * time.Second)
+			idle.expectClosed(2 * time.Second)
+			hub.waitFor(t, "disconnects", func() bool {
+				return len(hub.devices) == 2 && hub.devices[0].disc == 1 && hub.devices[1].disc == 1
+			})
+			if err := <-served; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+			for deadline := time.Now().Add(2 * time.Second); s.Connections() != 0; time.Sleep(5 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("Connections() = %d after cancel", s.Connections())
+				}
+			}
+		})
 	}
 }
