@@ -97,7 +97,8 @@ type conn struct {
 	ctx         context.Context // cancelled when the connection is torn down; bounds Submit and Wait
 	cancel      context.CancelFunc
 	done        chan struct{} // closed when the connection has fully ended
-	stopAbort   func() bool   // unhooks the parent context's abort; set before the reader starts
+	accepted    bool          // by Server.Serve, which aborts it when its context is done
+	stopAbort   func() bool   // unhooks the parent context's abort (ServeConn's connections)
 
 	// Set while handling CONNECT, read-only afterwards.
 	dev       Device
@@ -115,13 +116,14 @@ type conn struct {
 	readBy              time.Time // when the packet being read must have arrived; reader only
 	readSet             time.Time // the read deadline last set on nc; reader only
 
-	// Parking (see park): set once before serving; the rest belongs to the reader, except
-	// parkToken and parkTimer, which the poller's mutex guards.
+	// Parking (see park): parks is set once before serving; parkAt and waiting belong to the
+	// reader; the poller's mutex guards the rest.
 	parks     bool
 	parkAt    time.Time // when a connection still waiting for a packet parks; zero: not before readBy
 	waiting   bool      // the reader waits for a packet's first byte
 	parkToken uint64    // non-zero while parked
-	parkTimer *time.Timer
+	parkedBy  time.Time // the packet's deadline (readBy) while parked
+	parkIndex int       // in the poller's deadline heap while parked
 
 	wmu      sync.Mutex // serialises writes
 	wbuf     [4]byte    // scratch for the fixed-size packets, guarded by wmu
@@ -142,8 +144,8 @@ type conn struct {
 }
 
 func newConn(ctx context.Context, s *Server, nc net.Conn, transport string) *conn {
-	// Not a child of ctx: the abort hook (serve) cancels it through close, and one registration
-	// with the parent per connection is enough (each costs an entry in its children map).
+	// Not a child of ctx: the abort (Serve's or serve's hook) cancels it through close, and each
+	// registration with ctx costs an entry in its children map.
 	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c := &conn{
 		s:         s,
@@ -229,7 +231,9 @@ func (c *conn) stop(r closeReason) {
 }
 
 func (c *conn) serve() {
-	c.stopAbort = context.AfterFunc(c.parent, func() { c.close(reasonAborted, c.parent.Err()) })
+	if !c.accepted {
+		c.stopAbort = context.AfterFunc(c.parent, func() { c.close(reasonAborted, c.parent.Err()) })
+	}
 	// The handshake and CONNECT run on a goroutine of their own: TLS and authentication grow a
 	// stack to 8 KiB, which the long-lived reader would otherwise keep while the device idles.
 	err := errStopped // what a panic in connect leaves; recoverPanic has said why
@@ -291,7 +295,9 @@ func reasonFor(err error) closeReason {
 // finish tears the connection down once the reader has stopped.
 func (c *conn) finish() {
 	defer c.s.untrack(c)
-	defer c.stopAbort()
+	if c.stopAbort != nil {
+		defer c.stopAbort()
+	}
 	defer close(c.done)
 	defer func() {
 		if p := recover(); p != nil {
@@ -300,9 +306,6 @@ func (c *conn) finish() {
 	}()
 	if c.expiry != nil {
 		c.expiry.Stop()
-	}
-	if c.parkTimer != nil { // set by a park this reader has returned from
-		c.parkTimer.Stop()
 	}
 	if c.poolsReader && c.br != nil {
 		c.s.readers.Put(c.br) // the reader has stopped: nothing reads the last packet any more
@@ -682,13 +685,15 @@ func protocolOf(body []byte) (string, byte, bool) {
 
 // readLoop reads and handles packets until the connection ends or parks (errParked). A
 // resumed reader first waits for the packet the parked one was waiting for, by the same
-// deadline.
+// deadline; it parks again if it was woken for nothing (a timer that fired as it parked).
 func (c *conn) readLoop(resumed bool) error {
-	deadline := time.Now().Add(c.keepAlive)
+	now := time.Now()
+	deadline := now.Add(c.keepAlive)
 	if resumed {
 		deadline = c.readBy
-	} else if c.parks {
-		c.parkAt = deadline.Add(c.s.opts.ParkAfter - c.keepAlive)
+	}
+	if c.parks {
+		c.parkAt = now.Add(c.s.opts.ParkAfter)
 	}
 	for {
 		fh, body, err := c.readPacket(deadline)

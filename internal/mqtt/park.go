@@ -10,21 +10,21 @@ var errParked = errors.New("parked")
 
 // park gives up the reader goroutine of a connection that has waited Options.ParkAfter for a
 // packet, so that an idle device costs no goroutine stack and no read buffer. The socket is
-// watched by the server's poller and a timer keeps the keep-alive deadline; whichever comes
+// watched by the server's poller, which also keeps the keep-alive deadline; whichever comes
 // first, the socket becoming readable (or hanging up), the deadline, or close or stop (wake),
 // starts a new reader, which waits for the same packet by the same deadline. park reports
 // false, and the reader carries on, when the connection cannot park: it is ending, or the
 // poller failed.
 func (c *conn) park() bool {
-	// The reader after this one, or this one if parking fails, waits for the packet without
-	// parking again and sets the socket's deadline again: this one has passed.
+	// The socket's deadline has passed: the reader after this one sets it again, as does this
+	// one if parking fails, which then waits for the packet without trying to park again.
 	c.parkAt = time.Time{}
 	c.readSet = time.Time{}
 	if c.br != nil && c.br.Buffered() > 0 {
 		return false // nothing is buffered when a packet is awaited; never give away data
 	}
 	c.releaseReader()
-	parked, err := c.s.poller.park(c, time.Until(c.readBy))
+	parked, err := c.s.poller.park(c, c.readBy)
 	if err != nil {
 		c.logger().Warn("mqtt: cannot park an idle connection; its goroutine waits instead", "err", err)
 	}

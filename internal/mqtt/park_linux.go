@@ -1,6 +1,7 @@
 package mqtt
 
 import (
+	"container/heap"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -15,8 +16,9 @@ import (
 
 // poller watches the sockets of parked connections with an epoll instance of its own (the Go
 // runtime's poller only wakes goroutines blocked in a read, which is what parking gives up)
-// and resumes a connection when its socket becomes readable or hangs up. The epoll instance
-// and its goroutine exist only while connections are parked.
+// and resumes a connection when its socket becomes readable or hangs up, or when the packet
+// it waits for is overdue (one timer for all of them). The epoll instance and its goroutine
+// exist only while connections are parked.
 type poller struct {
 	log *slog.Logger
 
@@ -25,6 +27,8 @@ type poller struct {
 	parked  map[uint64]*conn // by token, the epoll event's data
 	next    uint64           // the last token given
 	running bool             // a wait goroutine runs (on epfd)
+	due     byDeadline       // the parked connections, earliest deadline first
+	timer   *time.Timer      // fires at due[0]'s deadline, or earlier
 }
 
 func newPoller(log *slog.Logger) *poller {
@@ -35,9 +39,9 @@ func newPoller(log *slog.Logger) *poller {
 // parked; when nothing is, it closes the epoll instance and exits.
 const waitTimeout = time.Second
 
-// park registers c's socket and arms c's keep-alive timer to fire in d. It reports false when
-// c is closing or stopping: then nothing wakes a parked reader any more, so it must not park.
-func (p *poller) park(c *conn, d time.Duration) (bool, error) {
+// park registers c's socket and resumes c by deadline at the latest. It reports false when c
+// is closing or stopping: then nothing wakes a parked reader any more, so it must not park.
+func (p *poller) park(c *conn, deadline time.Time) (bool, error) {
 	rc, err := rawConnOf(c.nc)
 	if err != nil {
 		return false, err
@@ -78,10 +82,14 @@ func (p *poller) park(c *conn, d time.Duration) (bool, error) {
 	}
 	p.parked[token] = c
 	c.parkToken = token
-	if c.parkTimer == nil {
-		c.parkTimer = time.AfterFunc(d, c.wake)
-	} else {
-		c.parkTimer.Reset(d)
+	c.parkedBy = deadline
+	heap.Push(&p.due, c)
+	if p.due[0] == c {
+		if p.timer == nil {
+			p.timer = time.AfterFunc(time.Until(deadline), p.expire)
+		} else {
+			p.timer.Reset(time.Until(deadline))
+		}
 	}
 	if !p.running {
 		p.running = true
@@ -98,9 +106,36 @@ func (p *poller) unpark(c *conn) bool {
 	if c.parkToken == 0 {
 		return false
 	}
-	delete(p.parked, c.parkToken)
-	c.parkToken = 0
+	p.forget(c)
 	return true
+}
+
+// forget takes a parked connection out of the poller's sets; p.mu is held. The timer is left
+// as it is: firing early finds nothing overdue and sets it again.
+func (p *poller) forget(c *conn) {
+	delete(p.parked, c.parkToken)
+	heap.Remove(&p.due, c.parkIndex)
+	c.parkToken = 0
+}
+
+// expire resumes the parked connections whose packet is overdue (the reader then times them
+// out) and sets the timer for the next deadline.
+func (p *poller) expire() {
+	p.mu.Lock()
+	var ready []*conn
+	now := time.Now()
+	for len(p.due) > 0 && !p.due[0].parkedBy.After(now) {
+		c := p.due[0]
+		p.forget(c)
+		ready = append(ready, c)
+	}
+	if len(p.due) > 0 {
+		p.timer.Reset(time.Until(p.due[0].parkedBy))
+	}
+	p.mu.Unlock()
+	for _, c := range ready {
+		go c.resume()
+	}
 }
 
 // count returns the number of parked connections.
@@ -124,8 +159,7 @@ func (p *poller) wait(epfd int) {
 		for _, ev := range events[:max(n, 0)] {
 			token := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
 			if c, ok := p.parked[token]; ok {
-				delete(p.parked, token)
-				c.parkToken = 0
+				p.forget(c)
 				ready = append(ready, c)
 			}
 		}
@@ -150,9 +184,8 @@ func (p *poller) fail(epfd int, err error) {
 	p.log.Error("mqtt: waiting for parked connections failed; resuming them all", "err", err)
 	p.mu.Lock()
 	ready := make([]*conn, 0, len(p.parked))
-	for token, c := range p.parked {
-		delete(p.parked, token)
-		c.parkToken = 0
+	for _, c := range p.parked {
+		p.forget(c)
 		ready = append(ready, c)
 	}
 	unix.Close(epfd)
@@ -173,4 +206,26 @@ func rawConnOf(nc net.Conn) (syscall.RawConn, error) {
 		return nil, fmt.Errorf("cannot park a %T", nc)
 	}
 	return tcp.SyscallConn()
+}
+
+// byDeadline is a heap of parked connections by the deadline of the packet they wait for.
+type byDeadline []*conn
+
+func (h byDeadline) Len() int           { return len(h) }
+func (h byDeadline) Less(i, j int) bool { return h[i].parkedBy.Before(h[j].parkedBy) }
+func (h byDeadline) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].parkIndex, h[j].parkIndex = i, j
+}
+func (h *byDeadline) Push(x any) {
+	c := x.(*conn)
+	c.parkIndex = len(*h)
+	*h = append(*h, c)
+}
+func (h *byDeadline) Pop() any {
+	old := *h
+	c := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return c
 }

@@ -12,7 +12,7 @@ type poller struct{}
 
 func newPoller(*slog.Logger) *poller { return nil }
 
-func (*poller) park(*conn, time.Duration) (bool, error) { return false, nil }
+func (*poller) park(*conn, time.Time) (bool, error) { return false, nil }
 
 func (*poller) unpark(*conn) bool { return false }
 

@@ -246,12 +246,12 @@ func TestParkingRefusedWhenEnding(t *testing.T) {
 	}
 	s.mu.Unlock()
 	c.stopping.Store(true)
-	if parked, err := s.poller.park(c, time.Minute); parked || err != nil {
+	if parked, err := s.poller.park(c, time.Now().Add(time.Minute)); parked || err != nil {
 		t.Errorf("park of a stopping connection = %v, %v", parked, err)
 	}
 	c.stopping.Store(false)
 	c.cancel()
-	if parked, err := s.poller.park(c, time.Minute); parked || err != nil {
+	if parked, err := s.poller.park(c, time.Now().Add(time.Minute)); parked || err != nil {
 		t.Errorf("park of a cancelled connection = %v, %v", parked, err)
 	}
 	if n := s.Parked(); n != 0 {
@@ -260,4 +260,27 @@ func TestParkingRefusedWhenEnding(t *testing.T) {
 	if _, err := rawConnOf(&scriptConn{}); err == nil || errors.Is(err, context.Canceled) {
 		t.Errorf("rawConnOf(a non-TCP conn) = %v", err)
 	}
+}
+
+// TestParkedDeadlinesInOrder: the poller's one timer times out parked connections by their own
+// keep-alive, earliest first, and leaves the others parked.
+func TestParkedDeadlinesInOrder(t *testing.T) {
+	hub := newFakeHub()
+	s := startServer(t, hub, Options{ParkAfter: testParkAfter})
+	start := time.Now()
+	slow := connectDevice(t, s.addr, "dev2", "localhost/dev2/?api-version=1", connectOpts{keepAlive: 2}) // 3 s
+	fast := connectDevice(t, s.addr, "dev1", testUsername, connectOpts{keepAlive: 1})                    // 1.5 s
+	stays := connectDevice(t, s.addr, "dev3", "localhost/dev3/?api-version=1", connectOpts{keepAlive: 60})
+	waitParked(t, s.Server, 3)
+	fast.expectClosed(3 * time.Second)
+	if el := time.Since(start); el < 1400*time.Millisecond || el > 2900*time.Millisecond {
+		t.Errorf("keep-alive 1 s: closed after %v, want 1.5 s", el)
+	}
+	slow.expectClosed(3 * time.Second)
+	if el := time.Since(start); el < 2900*time.Millisecond {
+		t.Errorf("keep-alive 2 s: closed after %v, want 3 s", el)
+	}
+	waitParked(t, s.Server, 1)
+	stays.send(pingreqBytes)
+	stays.expect(packets.Pingresp)
 }

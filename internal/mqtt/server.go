@@ -64,7 +64,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, transport string) e
 		delete(s.listeners, ln)
 		s.mu.Unlock()
 	}()
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	// One hook per listener, not one per connection: each costs an entry in ctx's children.
+	stop := context.AfterFunc(ctx, func() {
+		ln.Close()
+		s.abortOrphans()
+	})
 	defer stop()
 
 	var delay time.Duration
@@ -98,21 +102,39 @@ func (s *Server) ServeConn(ctx context.Context, nc net.Conn, transport string) {
 	s.serveConn(ctx, nc, transport, false)
 }
 
-// serveConn serves nc until it ends or, when mayPark allows it, until it parks: then a reader
-// goroutine started by the poller, a timer or a close carries on (see conn.park).
-func (s *Server) serveConn(ctx context.Context, nc net.Conn, transport string, mayPark bool) {
+// serveConn serves nc until it ends or, for a connection Serve accepted, until it parks: then
+// a reader goroutine started by the poller, a timer or a close carries on (see conn.park).
+// Serve aborts its own connections when its context is done; ServeConn's get a hook each.
+func (s *Server) serveConn(ctx context.Context, nc net.Conn, transport string, accepted bool) {
 	s.mu.Lock()
-	if s.closing {
+	// Checked under s.mu: abortOrphans, which runs after ctx is done, sees c or this sees ctx.
+	if s.closing || accepted && ctx.Err() != nil {
 		s.mu.Unlock()
 		nc.Close()
 		return
 	}
 	c := newConn(ctx, s, nc, transport)
-	c.parks = mayPark && s.poller != nil && s.opts.ParkAfter > 0 && c.lazyRead
+	c.accepted = accepted
+	c.parks = accepted && s.poller != nil && s.opts.ParkAfter > 0 && c.lazyRead
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
 	c.serve()
+}
+
+// abortOrphans closes the connections accepted by a Serve whose context is done.
+func (s *Server) abortOrphans() {
+	s.mu.Lock()
+	var victims []*conn
+	for c := range s.conns {
+		if c.accepted && c.parent.Err() != nil {
+			victims = append(victims, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range victims {
+		c.close(reasonAborted, c.parent.Err())
+	}
 }
 
 // untrack forgets a connection that has ended.

@@ -893,4 +893,31 @@ func TestCancelAbortsConnections(t *testing.T) {
 			}
 		})
 	}
+	t.Run("ServeConn", func(t *testing.T) {
+		hub := newFakeHub()
+		s := NewServer(hub, Options{Logger: discardLogger()})
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		ended := make(chan struct{})
+		go func() {
+			defer close(ended)
+			if nc, err := ln.Accept(); err == nil {
+				s.ServeConn(ctx, nc, "mqtt-ws")
+			}
+		}()
+		c := connectDevice(t, ln.Addr().String(), "dev1", testUsername, connectOpts{})
+		cancel()
+		c.expectClosed(2 * time.Second)
+		select {
+		case <-ended:
+		case <-time.After(2 * time.Second):
+			t.Fatal("ServeConn still running after its context was cancelled")
+		}
+		hub.waitFor(t, "disconnect", func() bool { return hub.devices[0].disc == 1 })
+	})
 }
