@@ -3,7 +3,6 @@ package mqtt
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/tls"
 	"errors"
 	"net"
@@ -307,32 +306,12 @@ func TestWriteDeadlines(t *testing.T) {
 // disconnected no earlier than 1.5 × keep-alive after its last packet.
 func TestKeepAliveWithLazyDeadline(t *testing.T) {
 	const ka = 2 * time.Second
-	cert := selfSigned(t, "localhost")
 	for _, transport := range []string{"tcp", "tls"} {
 		t.Run(transport, func(t *testing.T) {
 			t.Parallel()
 			hub := newFakeHub()
-			var c *client
-			if transport == "tcp" {
-				s := startServer(t, hub, Options{KeepAliveCap: ka})
-				c = connectDevice(t, s.addr, "dev1", testUsername, connectOpts{})
-			} else {
-				ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
-				if err != nil {
-					t.Fatal(err)
-				}
-				s := NewServer(hub, Options{Logger: discardLogger(), KeepAliveCap: ka})
-				go s.Serve(context.Background(), ln, "mqtt")
-				t.Cleanup(func() { s.Shutdown(context.Background()) })
-				nc, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true})
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { nc.Close() })
-				c = &client{t: t, nc: nc, br: bufio.NewReader(nc)}
-				c.send(connectBytes("dev1", testUsername, connectOpts{}))
-				c.expect(packets.Connack)
-			}
+			s := startServerOver(t, transport, hub, Options{KeepAliveCap: ka})
+			c := connectDeviceOver(t, transport, s.addr, "dev1", testUsername, connectOpts{})
 			connected := time.Now() // the deadline on the socket: connected + ka
 			time.Sleep(ka * 3 / 10)
 			c.send(pingreqBytes) // due by connected + 1.3 ka: the socket's deadline stays

@@ -295,6 +295,24 @@ func startTLSServer(t testing.TB, hub Hub, opts Options) *testServer {
 	return startServerOn(t, hub, opts, ln)
 }
 
+// startServerOver is startServer ("tcp") or startTLSServer ("tls").
+func startServerOver(t testing.TB, transport string, hub Hub, opts Options) *testServer {
+	t.Helper()
+	if transport == "tls" {
+		return startTLSServer(t, hub, opts)
+	}
+	return startServer(t, hub, opts)
+}
+
+// dialOver is dial ("tcp") or dialTLS ("tls").
+func dialOver(t testing.TB, transport, addr string) *client {
+	t.Helper()
+	if transport == "tls" {
+		return dialTLS(t, addr)
+	}
+	return dial(t, addr)
+}
+
 func dialTLS(t testing.TB, addr string) *client {
 	t.Helper()
 	nc, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
@@ -557,7 +575,13 @@ var (
 // connectDevice dials and connects clientID with username; it fails the test unless CONNACK 0.
 func connectDevice(t testing.TB, addr, clientID, username string, o connectOpts) *client {
 	t.Helper()
-	c := dial(t, addr)
+	return connectDeviceOver(t, "tcp", addr, clientID, username, o)
+}
+
+// connectDeviceOver is connectDevice on "tcp" or "tls" (a server from startServerOver).
+func connectDeviceOver(t testing.TB, transport, addr, clientID, username string, o connectOpts) *client {
+	t.Helper()
+	c := dialOver(t, transport, addr)
 	c.send(connectBytes(clientID, username, o))
 	if pk := c.expect(packets.Connack); pk.ReasonCode != 0 {
 		t.Fatalf("CONNACK 0x%02x, want 0", pk.ReasonCode)

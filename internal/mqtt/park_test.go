@@ -16,26 +16,6 @@ import (
 
 const testParkAfter = 30 * time.Millisecond
 
-// startParkingServer starts a server on TCP or TLS whose idle connections park after
-// testParkAfter, and returns it with a function that connects dev1.
-func startParkingServer(t *testing.T, transport string, hub *fakeHub, opts Options) (*testServer, func(connectOpts) *client) {
-	t.Helper()
-	opts.ParkAfter = testParkAfter
-	if transport == "tcp" {
-		s := startServer(t, hub, opts)
-		return s, func(o connectOpts) *client { return connectDevice(t, s.addr, "dev1", testUsername, o) }
-	}
-	s := startTLSServer(t, hub, opts)
-	return s, func(o connectOpts) *client {
-		c := dialTLS(t, s.addr)
-		c.send(connectBytes("dev1", testUsername, o))
-		if pk := c.expect(packets.Connack); pk.ReasonCode != 0 {
-			t.Fatalf("CONNACK 0x%02x", pk.ReasonCode)
-		}
-		return c
-	}
-}
-
 // TestParkedConnectionResumes: an idle connection gives up its goroutine, and whatever the
 // device sends next (a publish, a ping, a PUBACK for C2D, a packet split around the park) is
 // read and answered as if it had not; C2D is written to a parked connection.
@@ -44,8 +24,8 @@ func TestParkedConnectionResumes(t *testing.T) {
 		t.Run(transport, func(t *testing.T) {
 			t.Parallel()
 			hub := newFakeHub()
-			s, connect := startParkingServer(t, transport, hub, Options{})
-			c := connect(connectOpts{})
+			s := startServerOver(t, transport, hub, Options{ParkAfter: testParkAfter})
+			c := connectDeviceOver(t, transport, s.addr, "dev1", testUsername, connectOpts{})
 			waitParked(t, s.Server, 1)
 
 			c.send(publishBytes(eventsTopic, 1, 1, []byte("one"), false))
@@ -174,23 +154,13 @@ func TestParkedConnectionsTakeTurns(t *testing.T) {
 		t.Run(transport, func(t *testing.T) {
 			t.Parallel()
 			hub := newFakeHub()
-			var s *testServer
-			if transport == "tcp" {
-				s = startServer(t, hub, Options{ParkAfter: 5 * time.Millisecond})
-			} else {
-				s = startTLSServer(t, hub, Options{ParkAfter: 5 * time.Millisecond})
-			}
+			s := startServerOver(t, transport, hub, Options{ParkAfter: 5 * time.Millisecond})
 			const devices, rounds = 16, 12
 			var wg sync.WaitGroup
 			errs := make(chan error, devices)
 			for d := range devices {
 				id := fmt.Sprintf("d%02d", d)
-				var c *client
-				if transport == "tcp" {
-					c = dial(t, s.addr)
-				} else {
-					c = dialTLS(t, s.addr)
-				}
+				c := dialOver(t, transport, s.addr)
 				wg.Go(func() {
 					errs <- func() error {
 						c.send(connectBytes(id, "h/"+id+"/?api-version=1", connectOpts{}))
