@@ -2,7 +2,6 @@ package client
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -61,11 +60,7 @@ func TestBinaryStream(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			c := binaryServer(t, tc.body)
-			var got []api.Event
-			err := c.ReadEvents(context.Background(), ReadOptions{}, func(ev api.Event) error {
-				got = append(got, ev)
-				return nil
-			})
+			got, err := readAllEvents(c)
 			if !tc.wantErr(err) {
 				t.Fatalf("ReadEvents: %v", err)
 			}

@@ -51,11 +51,7 @@ func TestReadEventsAndOpenEvents(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			c := streamServer(t, func(w http.ResponseWriter) { io.WriteString(w, strings.Join(tc.lines, "\n")+"\n") })
 
-			var got []api.Event
-			err := c.ReadEvents(context.Background(), ReadOptions{}, func(ev api.Event) error {
-				got = append(got, ev)
-				return nil
-			})
+			got, err := readAllEvents(c)
 			if !tc.wantErr(err) {
 				t.Fatalf("ReadEvents: %v", err)
 			}
@@ -125,4 +121,14 @@ func BenchmarkReadEvents(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// readAllEvents reads the stream to its end with ReadEvents and keeps every event it hands out.
+func readAllEvents(c *Client) ([]api.Event, error) {
+	var got []api.Event
+	err := c.ReadEvents(context.Background(), ReadOptions{}, func(ev api.Event) error {
+		got = append(got, ev)
+		return nil
+	})
+	return got, err
 }

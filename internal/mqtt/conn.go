@@ -113,7 +113,7 @@ type conn struct {
 	// Deadlines. On TCP (reads and writes) and TLS over TCP (reads) they are set lazily: see
 	// armRead and writeLocked.
 	lazyRead, lazyWrite bool
-	readBy              time.Time // when the packet being read must have arrived; reader only
+	readBy              time.Time // when the packet being read must arrive; reader only (poller while parked)
 	readSet             time.Time // the read deadline last set on nc; reader only
 
 	// Parking (see park): parks is set once before serving; parkAt and waiting belong to the
@@ -122,7 +122,6 @@ type conn struct {
 	parkAt    time.Time // when a connection still waiting for a packet parks; zero: not before readBy
 	waiting   bool      // the reader waits for a packet's first byte
 	parkToken uint64    // non-zero while parked
-	parkedBy  time.Time // the packet's deadline (readBy) while parked
 	parkIndex int       // in the poller's deadline heap while parked
 
 	wmu      sync.Mutex // serialises writes
@@ -307,10 +306,7 @@ func (c *conn) finish() {
 	if c.expiry != nil {
 		c.expiry.Stop()
 	}
-	if c.poolsReader && c.br != nil {
-		c.s.readers.Put(c.br) // the reader has stopped: nothing reads the last packet any more
-		c.br = nil
-	}
+	c.releaseReader() // the reader has stopped: nothing reads the last packet any more
 	c.mu.Lock()
 	r, cause := c.reason, c.cause
 	c.mu.Unlock()
@@ -710,7 +706,7 @@ func (c *conn) readLoop(resumed bool) error {
 		if err := c.handle(fh, body); err != nil {
 			return err
 		}
-		now := time.Now()
+		now = time.Now()
 		deadline = now.Add(c.keepAlive)
 		if c.parks {
 			c.parkAt = now.Add(c.s.opts.ParkAfter)

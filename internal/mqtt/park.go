@@ -24,7 +24,7 @@ func (c *conn) park() bool {
 		return false // nothing is buffered when a packet is awaited; never give away data
 	}
 	c.releaseReader()
-	parked, err := c.s.poller.park(c, c.readBy)
+	parked, err := c.s.poller.park(c)
 	if err != nil {
 		c.logger().Warn("mqtt: cannot park an idle connection; its goroutine waits instead", "err", err)
 	}

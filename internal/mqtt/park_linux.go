@@ -39,9 +39,10 @@ func newPoller(log *slog.Logger) *poller {
 // parked; when nothing is, it closes the epoll instance and exits.
 const waitTimeout = time.Second
 
-// park registers c's socket and resumes c by deadline at the latest. It reports false when c
-// is closing or stopping: then nothing wakes a parked reader any more, so it must not park.
-func (p *poller) park(c *conn, deadline time.Time) (bool, error) {
+// park registers c's socket and resumes c by its packet's deadline (readBy) at the latest. It
+// reports false when c is closing or stopping: then nothing wakes a parked reader any more, so
+// it must not park.
+func (p *poller) park(c *conn) (bool, error) {
 	rc, err := rawConnOf(c.nc)
 	if err != nil {
 		return false, err
@@ -82,13 +83,12 @@ func (p *poller) park(c *conn, deadline time.Time) (bool, error) {
 	}
 	p.parked[token] = c
 	c.parkToken = token
-	c.parkedBy = deadline
 	heap.Push(&p.due, c)
 	if p.due[0] == c {
 		if p.timer == nil {
-			p.timer = time.AfterFunc(time.Until(deadline), p.expire)
+			p.timer = time.AfterFunc(time.Until(c.readBy), p.expire)
 		} else {
-			p.timer.Reset(time.Until(deadline))
+			p.timer.Reset(time.Until(c.readBy))
 		}
 	}
 	if !p.running {
@@ -124,13 +124,13 @@ func (p *poller) expire() {
 	p.mu.Lock()
 	var ready []*conn
 	now := time.Now()
-	for len(p.due) > 0 && !p.due[0].parkedBy.After(now) {
+	for len(p.due) > 0 && !p.due[0].readBy.After(now) {
 		c := p.due[0]
 		p.forget(c)
 		ready = append(ready, c)
 	}
 	if len(p.due) > 0 {
-		p.timer.Reset(time.Until(p.due[0].parkedBy))
+		p.timer.Reset(time.Until(p.due[0].readBy))
 	}
 	p.mu.Unlock()
 	for _, c := range ready {
@@ -212,7 +212,7 @@ func rawConnOf(nc net.Conn) (syscall.RawConn, error) {
 type byDeadline []*conn
 
 func (h byDeadline) Len() int           { return len(h) }
-func (h byDeadline) Less(i, j int) bool { return h[i].parkedBy.Before(h[j].parkedBy) }
+func (h byDeadline) Less(i, j int) bool { return h[i].readBy.Before(h[j].readBy) }
 func (h byDeadline) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
 	h[i].parkIndex, h[j].parkIndex = i, j

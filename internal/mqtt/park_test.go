@@ -216,12 +216,12 @@ func TestParkingRefusedWhenEnding(t *testing.T) {
 	}
 	s.mu.Unlock()
 	c.stopping.Store(true)
-	if parked, err := s.poller.park(c, time.Now().Add(time.Minute)); parked || err != nil {
+	if parked, err := s.poller.park(c); parked || err != nil {
 		t.Errorf("park of a stopping connection = %v, %v", parked, err)
 	}
 	c.stopping.Store(false)
 	c.cancel()
-	if parked, err := s.poller.park(c, time.Now().Add(time.Minute)); parked || err != nil {
+	if parked, err := s.poller.park(c); parked || err != nil {
 		t.Errorf("park of a cancelled connection = %v, %v", parked, err)
 	}
 	if n := s.Parked(); n != 0 {
