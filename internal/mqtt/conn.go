@@ -96,9 +96,8 @@ type conn struct {
 	parent      context.Context
 	ctx         context.Context // cancelled when the connection is torn down; bounds Submit and Wait
 	cancel      context.CancelFunc
-	done        chan struct{} // closed when the connection has fully ended
-	accepted    bool          // by Server.Serve, which aborts it when its context is done
-	stopAbort   func() bool   // unhooks the parent context's abort (ServeConn's connections)
+	accepted    bool        // by Server.Serve, which aborts it when its context is done
+	stopAbort   func() bool // unhooks the parent context's abort (ServeConn's connections)
 
 	// Set while handling CONNECT, read-only afterwards.
 	dev       Device
@@ -128,13 +127,16 @@ type conn struct {
 	wbuf     [4]byte    // scratch for the fixed-size packets, guarded by wmu
 	writeSet time.Time  // the write deadline last set on nc, guarded by wmu
 
-	mu       sync.Mutex
-	reason   closeReason
-	cause    error
-	queue    []pendingAck // QoS 1 publishes awaiting durability, in arrival order
-	acking   bool         // an acker goroutine is running
-	space    chan struct{}
-	c2dQoS   int8 // granted devicebound QoS, -1 when not subscribed
+	mu     sync.Mutex
+	reason closeReason
+	cause  error
+	queue  []pendingAck // QoS 1 publishes awaiting durability, in arrival order
+	acking bool         // an acker goroutine is running
+	// Made on first use (most connections never need them), then guarded by mu.
+	space    chan struct{} // a slot in the window opened, or stop: wakes waitForWindow
+	done     chan struct{} // closed when the connection has fully ended (see doneChan)
+	finished bool          // the connection has fully ended
+	c2dQoS   int8          // granted devicebound QoS, -1 when not subscribed
 	nextID   uint16
 	outbound map[uint16]func(error) // C2D publishes awaiting the device's PUBACK
 	ended    bool
@@ -153,8 +155,6 @@ func newConn(ctx context.Context, s *Server, nc net.Conn, transport string) *con
 		parent:    ctx,
 		ctx:       cctx,
 		cancel:    cancel,
-		done:      make(chan struct{}),
-		space:     make(chan struct{}, 1),
 		c2dQoS:    -1,
 	}
 	c.lazyRead, c.lazyWrite = lazyDeadlines(nc)
@@ -222,11 +222,42 @@ func (c *conn) stop(r closeReason) {
 	c.stopping.Store(true)
 	// The reader checks stopping after each deadline it sets, so this one cannot be overwritten.
 	c.nc.SetReadDeadline(aLongTimeAgo)
+	c.mu.Lock()
+	space := c.space
+	c.mu.Unlock()
+	signal(space)
+	c.wake()
+}
+
+// signal wakes a waiter on ch (made with room for one) without blocking; nil is a no-op.
+func signal(ch chan struct{}) {
 	select {
-	case c.space <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
-	c.wake()
+}
+
+// doneChan returns a channel closed once the connection has fully ended. Only a takeover
+// waits for it, so it is made on first use.
+func (c *conn) doneChan() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done == nil {
+		c.done = make(chan struct{})
+		if c.finished {
+			close(c.done)
+		}
+	}
+	return c.done
+}
+
+func (c *conn) markFinished() {
+	c.mu.Lock()
+	c.finished = true
+	if c.done != nil {
+		close(c.done)
+	}
+	c.mu.Unlock()
 }
 
 func (c *conn) serve() {
@@ -297,7 +328,7 @@ func (c *conn) finish() {
 	if c.stopAbort != nil {
 		defer c.stopAbort()
 	}
-	defer close(c.done)
+	defer c.markFinished()
 	defer func() {
 		if p := recover(); p != nil {
 			c.logger().Error("mqtt: connection teardown panicked", "panic", p, "stack", string(debug.Stack()))
@@ -544,10 +575,10 @@ func (c *conn) connect() error {
 		if c.stopping.Load() {
 			return errStopped
 		}
-		hctx, cancel := context.WithDeadline(c.ctx, deadline)
-		err := tc.HandshakeContext(hctx)
-		cancel()
-		if err != nil {
+		// No context: the deadline bounds the handshake and close interrupts it by closing the
+		// socket. A context derived from c.ctx would leave c.ctx a children map, and Done a
+		// channel, for the connection's whole life (~0.35 KB each idle connection).
+		if err := tc.Handshake(); err != nil {
 			return fmt.Errorf("TLS handshake: %w", err)
 		}
 		peerCerts = tc.ConnectionState().PeerCertificates
@@ -603,7 +634,12 @@ func (c *conn) connect() error {
 		will.SetProperty(PropMessageType, "Will")
 	}
 
-	hctx, cancel := context.WithDeadline(c.ctx, deadline)
+	// The hub keeps the ids for the connection's life; as substrings they would keep the whole
+	// username (~150 bytes) with them.
+	u.DeviceID, u.ModuleID, u.ModelID = strings.Clone(u.DeviceID), strings.Clone(u.ModuleID), strings.Clone(u.ModelID)
+	// From the parent, not c.ctx, for the reason above: an abort by Serve's (or ServeConn's)
+	// context still cancels it, and the deadline bounds it if only this connection is closed.
+	hctx, cancel := context.WithDeadline(c.parent, deadline)
 	dev, err := c.s.hub.Connect(hctx, ConnectRequest{
 		ClientID:         strings.Clone(cp.ClientIdentifier),
 		Username:         username,
@@ -642,7 +678,7 @@ func (c *conn) connect() error {
 		// Let the old connection report Disconnected before this one is acknowledged.
 		t := time.NewTimer(time.Until(deadline))
 		select {
-		case <-old.done:
+		case <-old.doneChan():
 		case <-t.C:
 		case <-c.ctx.Done():
 		}
@@ -827,13 +863,22 @@ func (pm *pooledMessage) recycle() {
 func (c *conn) waitForWindow() error {
 	for {
 		c.mu.Lock()
-		n := len(c.queue)
-		c.mu.Unlock()
-		if n < c.s.opts.MaxInflight {
+		if len(c.queue) < c.s.opts.MaxInflight {
+			c.mu.Unlock()
 			return nil
 		}
+		if c.space == nil {
+			c.space = make(chan struct{}, 1)
+		}
+		space := c.space
+		c.mu.Unlock()
+		// stop sets stopping before it looks for space under mu: a stop that found none is
+		// seen here.
+		if c.stopping.Load() {
+			return errStopped
+		}
 		select {
-		case <-c.space:
+		case <-space:
 		case <-c.ctx.Done():
 			return errStopped
 		}
@@ -926,11 +971,9 @@ func (c *conn) ackLoop() {
 		m := copy(c.queue, c.queue[n:])
 		clear(c.queue[m:])
 		c.queue = c.queue[:m]
+		space := c.space
 		c.mu.Unlock()
-		select {
-		case c.space <- struct{}{}:
-		default:
-		}
+		signal(space)
 	}
 }
 

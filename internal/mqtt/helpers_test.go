@@ -36,6 +36,8 @@ type fakeHub struct {
 	waitErr      error
 	panicSubmit  bool
 	panicConnect bool
+	// Disconnected takes this long: a connection's end is not over in an instant.
+	disconnectDelay time.Duration
 
 	connects  []ConnectRequest
 	devices   []*fakeDevice
@@ -174,6 +176,10 @@ func cloneMessage(m *message.Message) *message.Message {
 
 func (d *fakeDevice) Disconnected(graceful bool) {
 	h := d.hub
+	h.mu.Lock()
+	delay := h.disconnectDelay
+	h.mu.Unlock()
+	time.Sleep(delay)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	defer h.notify()

@@ -330,6 +330,7 @@ func TestWill(t *testing.T) {
 
 func TestTakeoverClosesOlderConnection(t *testing.T) {
 	hub := newFakeHub()
+	hub.disconnectDelay = 100 * time.Millisecond // the new connection must wait for it
 	s := startServer(t, hub, Options{})
 	old := connectDevice(t, s.addr, "dev1", testUsername,
 		connectOpts{willTopic: eventsTopic, willBody: "gone"})
@@ -492,6 +493,27 @@ func TestExpiryDrainsPendingPubacks(t *testing.T) {
 	hub.release(0, nil)
 	c.expectPuback(5)
 	c.expectClosed(2 * time.Second)
+}
+
+// A stop must reach a reader that waits for room in a full window, even if nothing the device
+// sent ever becomes durable.
+func TestStopReachesAFullWindow(t *testing.T) {
+	hub := newFakeHub()
+	hub.manual = true
+	s := startServer(t, hub, Options{MaxInflight: 1, WriteTimeout: 200 * time.Millisecond})
+	c := connectDevice(t, s.addr, "dev1", testUsername, connectOpts{})
+	c.send(publishBytes(eventsTopic, 1, 1, nil, false))
+	c.send(publishBytes(eventsTopic, 1, 2, nil, false))
+	hub.waitFor(t, "submitted", func() bool { return len(hub.submitted) == 1 })
+	s.mu.Lock()
+	for cn := range s.conns {
+		cn.stop(reasonExpired)
+	}
+	s.mu.Unlock()
+	c.expectClosed(2 * time.Second)
+	if n := len(hub.messages()); n != 1 {
+		t.Errorf("%d submitted, want 1: the reader went on after the stop", n)
+	}
 }
 
 func TestShutdownWaitsForInflight(t *testing.T) {
