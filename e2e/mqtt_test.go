@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,7 +15,12 @@ import (
 // Azure SDKs do: client id = device id, IoT Hub username, SAS token password, clean session off.
 func (h *hubProcess) mqttDevice(t *testing.T, deviceID, conn string, useTLS bool, onLost func(error)) (paho.Client, error) {
 	t.Helper()
-	token := deviceToken(t, deviceID, conn)
+	return h.mqttDeviceWithToken(t, deviceID, deviceToken(t, deviceID, conn), useTLS, onLost)
+}
+
+// mqttDeviceWithToken is mqttDevice with the password given: any SAS token.
+func (h *hubProcess) mqttDeviceWithToken(t *testing.T, deviceID, token string, useTLS bool, onLost func(error)) (paho.Client, error) {
+	t.Helper()
 	opts := paho.NewClientOptions().
 		SetClientID(deviceID).
 		SetUsername("localhost/" + deviceID + "/?api-version=2021-04-12").
@@ -233,5 +240,67 @@ func TestDisableDisconnects(t *testing.T) {
 	}
 	if d := h.device("dev-x"); d.ConnectionState != "Disconnected" {
 		t.Errorf("connectionState = %q after disable", d.ConnectionState)
+	}
+}
+
+// TestSASTokenCommands: the tokens `tether hub sas-token` and `tether device sas-token` print
+// are what an MQTT client other than the SDKs (here Paho, as another load generator would)
+// needs to connect as a device; a policy without DeviceConnect is refused; and `tether bench
+// --policy-token` connects existing devices with the device policy.
+func TestSASTokenCommands(t *testing.T) {
+	h := startHub(t)
+	h.createDevice("sas-dev")
+	for _, id := range []string{"pt-0", "pt-1"} {
+		h.createDevice(id)
+	}
+	policyToken := strings.TrimSpace(h.mustCLI("hub", "sas-token", "--policy", "device", "--duration", "10m"))
+	deviceToken := strings.TrimSpace(h.mustCLI("device", "sas-token", "sas-dev"))
+	serviceToken := strings.TrimSpace(h.mustCLI("hub", "sas-token", "--policy", "service"))
+
+	for _, tc := range []struct{ name, token string }{
+		{"device policy", policyToken},
+		{"device key", deviceToken},
+	} {
+		c, err := h.mqttDeviceWithToken(t, "sas-dev", tc.token, true, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		tok := c.Publish("devices/sas-dev/messages/events/", 1, false, tc.name)
+		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("%s: publish: %v", tc.name, tok.Error())
+		}
+		c.Disconnect(100)
+	}
+	if c, err := h.mqttDeviceWithToken(t, "sas-dev", serviceToken, true, nil); err == nil {
+		c.Disconnect(0)
+		t.Fatal("a service policy token (no DeviceConnect) connected a device")
+	}
+	if _, err := h.cli("hub", "sas-token", "--duration", "0s"); err == nil || !strings.Contains(err.Error(), "--duration") {
+		t.Errorf("--duration 0s: %v, want an error naming --duration", err)
+	}
+
+	var bodies []string
+	for _, ev := range h.events() {
+		if ev.DeviceID == "sas-dev" && ev.Body != nil {
+			bodies = append(bodies, *ev.Body)
+		}
+	}
+	if got := strings.Join(bodies, ", "); got != "device policy, device key" {
+		t.Errorf("sas-dev's stored messages: %q, want both", got)
+	}
+
+	out := h.mustCLI("bench", "--tls", "--devices", "2", "--device-prefix", "pt-", "--no-create-devices",
+		"--policy-token", "--policy", "device", "--qos", "1", "--duration", "1s", "--warmup", "0s", "--json")
+	var res struct {
+		Acked   int64 `json:"acked"`
+		Connect struct {
+			Connected int `json:"connected"`
+		} `json:"connect"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("bench --json: %v\n%s", err, out)
+	}
+	if res.Connect.Connected != 2 || res.Acked == 0 {
+		t.Errorf("bench --policy-token: %d of 2 connected, %d acknowledged", res.Connect.Connected, res.Acked)
 	}
 }

@@ -15,7 +15,6 @@ import (
 	"github.com/tetherhub/tether/internal/auth"
 	"github.com/tetherhub/tether/internal/bench"
 	"github.com/tetherhub/tether/internal/certs"
-	"github.com/tetherhub/tether/internal/hub"
 	"github.com/tetherhub/tether/internal/server"
 )
 
@@ -234,11 +233,14 @@ func (b *BenchCmd) tether(env *Env, c *CLI, cfg *bench.Config, ids []string, use
 		keys = prov.Keys
 	}
 	if b.PolicyToken {
-		name, key, err := b.policyKey(c)
+		_, p, err := signingPolicy(c, b.Policy)
 		if err != nil {
 			return "", cleanup, err
 		}
-		tok, err := bench.PolicyToken(host, name, key, exp)
+		if c.Hub == "" && !p.Rights.Has(auth.DeviceConnect) {
+			return "", cleanup, fmt.Errorf("policy %q lacks DeviceConnect; devices cannot connect with it", p.Name)
+		}
+		tok, err := bench.PolicyToken(host, p.Name, p.PrimaryKey, exp)
 		if err != nil {
 			return "", cleanup, err
 		}
@@ -261,30 +263,6 @@ func (b *BenchCmd) tether(env *Env, c *CLI, cfg *bench.Config, ids []string, use
 		cfg.C2D, cfg.C2DParallel = t.client, b.C2DParallel
 	}
 	return host, cleanup, nil
-}
-
-// policyKey returns the policy that signs --policy-token: --policy from the local hub, or the
-// --hub connection string's own.
-func (b *BenchCmd) policyKey(c *CLI) (name, key string, err error) {
-	if c.Hub != "" {
-		cs, err := auth.ParseConnectionString(c.Hub)
-		if err != nil {
-			return "", "", fmt.Errorf("--hub: %w", err)
-		}
-		return cs.SharedAccessKeyName, cs.SharedAccessKey, nil
-	}
-	state, err := hub.LoadState(c.DataDir)
-	if err != nil {
-		return "", "", err
-	}
-	p, ok := state.Policy(b.Policy)
-	if !ok {
-		return "", "", fmt.Errorf("the hub has no policy %q", b.Policy)
-	}
-	if !p.Rights.Has(auth.DeviceConnect) {
-		return "", "", fmt.Errorf("policy %q lacks DeviceConnect; devices cannot connect with it", b.Policy)
-	}
-	return p.Name, p.PrimaryKey, nil
 }
 
 // tlsConfig trusts --ca, else the local hub's CA, else the system roots.

@@ -86,3 +86,62 @@ func TestClearErrors(t *testing.T) {
 		t.Errorf("--help exit %d", code)
 	}
 }
+
+// TestHubSASToken: the token is signed with the named policy of the local hub, or with the
+// --hub connection string's own policy, for the hub's host, valid for --duration.
+func TestHubSASToken(t *testing.T) {
+	dir := t.TempDir()
+	state, _, err := hub.LoadOrCreateState(dir, "hub1", 4, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	device, _ := state.Policy("device")
+	service, _ := state.Policy("service")
+	remote := auth.ServiceConnectionString("hub.example.com", "service", service.PrimaryKey).String()
+	cases := []struct {
+		name     string
+		args     []string
+		host     string
+		policy   string
+		key      string
+		validFor time.Duration
+	}{
+		{"default policy", nil, "localhost", "iothubowner", "", time.Hour},
+		{"device policy, 10m", []string{"--policy", "device", "--duration", "10m"}, "localhost", "device", device.PrimaryKey, 10 * time.Minute},
+		{"--hub", []string{"--hub", remote, "--policy", "device"}, "hub.example.com", "service", service.PrimaryKey, time.Hour},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := time.Now()
+			out, errOut, code := run(t, append([]string{"--data-dir", dir, "hub", "sas-token"}, tc.args...)...)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, errOut)
+			}
+			tok, err := auth.ParseToken(strings.TrimSpace(out))
+			if err != nil {
+				t.Fatalf("%q: %v", out, err)
+			}
+			if tok.Resource != tc.host || tok.KeyName != tc.policy {
+				t.Errorf("sr %q skn %q, want %q and %q", tok.Resource, tok.KeyName, tc.host, tc.policy)
+			}
+			if exp := before.Add(tc.validFor); tok.Expiry.Before(exp.Add(-2*time.Second)) || tok.Expiry.After(exp.Add(2*time.Second)) {
+				t.Errorf("expires %v, want about %v", tok.Expiry, exp)
+			}
+			key := tc.key
+			if key == "" {
+				p, _ := state.Policy(tc.policy)
+				key = p.PrimaryKey
+			}
+			if err := tok.Verify(key, time.Now()); err != nil {
+				t.Errorf("not signed with policy %s's key: %v", tc.policy, err)
+			}
+		})
+	}
+	for _, args := range [][]string{{"--duration", "-1m"}, {"--policy", "nope"}} {
+		if _, errOut, code := run(t, append([]string{"--data-dir", dir, "hub", "sas-token"}, args...)...); code == 0 {
+			t.Errorf("%v: exit 0, want an error", args)
+		} else if !strings.Contains(errOut, strings.TrimPrefix(args[0], "--")) && !strings.Contains(errOut, args[1]) {
+			t.Errorf("%v: %q does not say what is wrong", args, errOut)
+		}
+	}
+}

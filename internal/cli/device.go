@@ -1,11 +1,14 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"text/tabwriter"
+	"time"
 
 	"github.com/tetherhub/tether/api"
+	"github.com/tetherhub/tether/internal/auth"
 )
 
 // DeviceCmd groups device identity commands.
@@ -17,6 +20,7 @@ type DeviceCmd struct {
 	Enable           DeviceEnableCmd           `cmd:"" help:"Enable a device: it may connect again."`
 	Disable          DeviceDisableCmd          `cmd:"" help:"Disable a device: it can no longer connect."`
 	ConnectionString DeviceConnectionStringCmd `cmd:"" name:"connection-string" help:"Print a device's connection string."`
+	SASToken         DeviceSASTokenCmd         `cmd:"" name:"sas-token" help:"Print a SAS token signed with a device's key (like az iot hub generate-sas-token --device-id): its MQTT password, or its connection string's SharedAccessSignature."`
 }
 
 // DeviceCreateCmd creates a device.
@@ -169,19 +173,55 @@ func (d *DeviceConnectionStringCmd) Run(env *Env, c *CLI) error {
 	if err != nil {
 		return err
 	}
-	dev, err := t.client.GetDevice(env.ctx, d.ID)
+	key, err := deviceKey(env.ctx, t, d.ID, d.Secondary)
 	if err != nil {
-		return fmt.Errorf("read device %s: %w", d.ID, err)
-	}
-	if dev.Authentication == nil || dev.Authentication.SymmetricKey == nil {
-		return fmt.Errorf("device %s does not use symmetric keys", d.ID)
-	}
-	key := dev.Authentication.SymmetricKey.PrimaryKey
-	if d.Secondary {
-		key = dev.Authentication.SymmetricKey.SecondaryKey
+		return err
 	}
 	fmt.Fprintln(env.Stdout, deviceConnectionString(t, d.ID, "", key))
 	return nil
+}
+
+// DeviceSASTokenCmd prints a device SAS token.
+type DeviceSASTokenCmd struct {
+	ID        string        `arg:"" help:"Device id."`
+	Duration  time.Duration `name:"duration" default:"1h" help:"How long the token is valid."`
+	Secondary bool          `name:"secondary" help:"Sign with the secondary key."`
+}
+
+// Run signs the token for {host}/devices/{id}, as the device SDKs do.
+func (d *DeviceSASTokenCmd) Run(env *Env, c *CLI) error {
+	if d.Duration <= 0 {
+		return fmt.Errorf("--duration must be positive, not %v", d.Duration)
+	}
+	t, err := c.connect()
+	if err != nil {
+		return err
+	}
+	key, err := deviceKey(env.ctx, t, d.ID, d.Secondary)
+	if err != nil {
+		return err
+	}
+	token, err := auth.Sign(t.hostName+"/devices/"+d.ID, "", key, time.Now().Add(d.Duration))
+	if err != nil {
+		return fmt.Errorf("sign a token for device %s: %w", d.ID, err)
+	}
+	fmt.Fprintln(env.Stdout, token)
+	return nil
+}
+
+// deviceKey reads a device's primary (or secondary) symmetric key from the hub.
+func deviceKey(ctx context.Context, t *hubTarget, id string, secondary bool) (string, error) {
+	dev, err := t.client.GetDevice(ctx, id)
+	if err != nil {
+		return "", fmt.Errorf("read device %s: %w", id, err)
+	}
+	if dev.Authentication == nil || dev.Authentication.SymmetricKey == nil {
+		return "", fmt.Errorf("device %s does not use symmetric keys", id)
+	}
+	if secondary {
+		return dev.Authentication.SymmetricKey.SecondaryKey, nil
+	}
+	return dev.Authentication.SymmetricKey.PrimaryKey, nil
 }
 
 func printJSON(env *Env, v any) error {
