@@ -20,7 +20,7 @@ type DeviceCmd struct {
 	Enable           DeviceEnableCmd           `cmd:"" help:"Enable a device: it may connect again."`
 	Disable          DeviceDisableCmd          `cmd:"" help:"Disable a device: it can no longer connect."`
 	ConnectionString DeviceConnectionStringCmd `cmd:"" name:"connection-string" help:"Print a device's connection string."`
-	SASToken         DeviceSASTokenCmd         `cmd:"" name:"sas-token" help:"Print a SAS token signed with a device's key (like az iot hub generate-sas-token --device-id): its MQTT password, or its connection string's SharedAccessSignature."`
+	SASToken         DeviceSASTokenCmd         `cmd:"" name:"sas-token" help:"Print a SAS token signed with a device's key (like az iot hub generate-sas-token --device-id): its MQTT password."`
 }
 
 // DeviceCreateCmd creates a device.
@@ -169,11 +169,7 @@ type DeviceConnectionStringCmd struct {
 
 // Run prints the connection string.
 func (d *DeviceConnectionStringCmd) Run(env *Env, c *CLI) error {
-	t, err := c.connect()
-	if err != nil {
-		return err
-	}
-	key, err := deviceKey(env.ctx, t, d.ID, d.Secondary)
+	t, key, err := deviceKey(env.ctx, c, d.ID, d.Secondary)
 	if err != nil {
 		return err
 	}
@@ -193,11 +189,7 @@ func (d *DeviceSASTokenCmd) Run(env *Env, c *CLI) error {
 	if d.Duration <= 0 {
 		return fmt.Errorf("--duration must be positive, not %v", d.Duration)
 	}
-	t, err := c.connect()
-	if err != nil {
-		return err
-	}
-	key, err := deviceKey(env.ctx, t, d.ID, d.Secondary)
+	t, key, err := deviceKey(env.ctx, c, d.ID, d.Secondary)
 	if err != nil {
 		return err
 	}
@@ -209,19 +201,23 @@ func (d *DeviceSASTokenCmd) Run(env *Env, c *CLI) error {
 	return nil
 }
 
-// deviceKey reads a device's primary (or secondary) symmetric key from the hub.
-func deviceKey(ctx context.Context, t *hubTarget, id string, secondary bool) (string, error) {
+// deviceKey connects to the hub and reads a device's primary (or secondary) symmetric key.
+func deviceKey(ctx context.Context, c *CLI, id string, secondary bool) (*hubTarget, string, error) {
+	t, err := c.connect()
+	if err != nil {
+		return nil, "", err
+	}
 	dev, err := t.client.GetDevice(ctx, id)
 	if err != nil {
-		return "", fmt.Errorf("read device %s: %w", id, err)
+		return nil, "", fmt.Errorf("read device %s: %w", id, err)
 	}
 	if dev.Authentication == nil || dev.Authentication.SymmetricKey == nil {
-		return "", fmt.Errorf("device %s does not use symmetric keys", id)
+		return nil, "", fmt.Errorf("device %s does not use symmetric keys", id)
 	}
 	if secondary {
-		return dev.Authentication.SymmetricKey.SecondaryKey, nil
+		return t, dev.Authentication.SymmetricKey.SecondaryKey, nil
 	}
-	return dev.Authentication.SymmetricKey.PrimaryKey, nil
+	return t, dev.Authentication.SymmetricKey.PrimaryKey, nil
 }
 
 func printJSON(env *Env, v any) error {
