@@ -160,10 +160,7 @@ func (b *BenchCmd) tether(env *Env, c *CLI, cfg *bench.Config, ids []string, use
 		if err != nil {
 			return "", nil, fmt.Errorf("--hub: %w", err)
 		}
-		host = cs.HostName
-		if h, _, err := net.SplitHostPort(host); err == nil {
-			host = h
-		}
+		host = hostOnly(cs.HostName)
 		if useTLS {
 			defaultAddr = net.JoinHostPort(host, "8883")
 		}

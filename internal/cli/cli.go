@@ -155,11 +155,7 @@ func (c *CLI) connect() (*hubTarget, error) {
 			return nil, fmt.Errorf("--hub: %w", err)
 		}
 		cs, _ := auth.ParseConnectionString(c.Hub) // client.New has parsed it
-		host := cs.HostName
-		if h, _, err := net.SplitHostPort(host); err == nil {
-			host = h
-		}
-		return &hubTarget{client: cl, hostName: host}, nil
+		return &hubTarget{client: cl, hostName: hostOnly(cs.HostName)}, nil
 	}
 	state, err := hub.LoadState(c.DataDir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -201,4 +197,13 @@ func (c *CLI) connect() (*hubTarget, error) {
 	}
 	_, mqttPort, _ := net.SplitHostPort(run.MQTTAddr)
 	return &hubTarget{client: cl, hostName: run.HostName, mqttPort: mqttPort}, nil
+}
+
+// hostOnly drops the port a connection string's HostName may carry: tokens and usernames name
+// the host alone.
+func hostOnly(hostName string) string {
+	if h, _, err := net.SplitHostPort(hostName); err == nil {
+		return h
+	}
+	return hostName
 }

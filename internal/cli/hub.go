@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"time"
 
 	"github.com/tetherhub/tether/internal/auth"
@@ -91,9 +90,5 @@ func signingPolicy(c *CLI, name string) (host string, p auth.Policy, err error) 
 	if cs.SharedAccessKeyName == "" {
 		return "", p, errors.New("--hub is not a policy's connection string")
 	}
-	host = cs.HostName
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	}
-	return host, auth.Policy{Name: cs.SharedAccessKeyName, PrimaryKey: cs.SharedAccessKey}, nil
+	return hostOnly(cs.HostName), auth.Policy{Name: cs.SharedAccessKeyName, PrimaryKey: cs.SharedAccessKey}, nil
 }

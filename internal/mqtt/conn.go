@@ -251,6 +251,7 @@ func (c *conn) doneChan() <-chan struct{} {
 	return c.done
 }
 
+// markFinished closes done if a takeover has made it; doneChan closes one made later.
 func (c *conn) markFinished() {
 	c.mu.Lock()
 	c.finished = true
